@@ -1,0 +1,143 @@
+"""What every script's command line shares: help layout, --json envelope, exit handling.
+
+A script builds its parser with `make_parser`, does its work in a function that returns a
+`Result` (or raises `DWError`), and hands that function to `run`, which prints either the
+human summary or exactly one JSON envelope on stdout and exits with the contract's code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from . import errors
+from .secrets import redact
+
+
+@dataclass
+class Result:
+    """What a command did: envelope fields, a human summary, the exit code and next command."""
+
+    fields: dict = field(default_factory=dict)
+    summary: str = ""
+    exit_code: int = errors.OK
+    next: str | None = None
+
+
+def make_parser(prog: str, description: str, examples: Sequence[str]) -> argparse.ArgumentParser:
+    """An ArgumentParser whose --help ends with examples and the exit-code table."""
+    epilog = "examples:\n" + "\n".join(f"  {e}" for e in examples) + "\n\n" + \
+        errors.EXIT_CODE_TABLE
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--json", action="store_true",
+                        help="print exactly one JSON object on stdout (progress goes to stderr)")
+    return parser
+
+
+def script_command(script: str, *args: str) -> str:
+    """A copy-pasteable command line for another script of this skill."""
+    here = os.path.dirname(os.path.abspath(sys.argv[0])) if sys.argv and sys.argv[0] else ""
+    path = os.path.join("scripts", script)
+    if here:
+        rel = os.path.relpath(os.path.join(here, script))
+        path = rel if not rel.startswith("..") else os.path.join(here, script)
+    return " ".join(["python3", shlex.quote(path), *(shlex.quote(a) for a in args)])
+
+
+def envelope(ok: bool, exit_code: int, fields: dict, next_cmd: str | None,
+             error: dict | None = None) -> dict:
+    """The --json envelope of the contract."""
+    out = {"ok": ok, "exit_code": exit_code}
+    out.update(fields)
+    out["next"] = next_cmd
+    if error is not None:
+        out["error"] = error
+    return out
+
+
+def _print_json(obj: dict) -> None:
+    sys.stdout.write(redact(json.dumps(obj, ensure_ascii=False, indent=None)) + "\n")
+    sys.stdout.flush()
+
+
+def warn(message: str) -> None:
+    """A warning or progress note: always stderr, never stdout."""
+    sys.stderr.write(redact(message) + "\n")
+    sys.stderr.flush()
+
+
+def run(main: Callable[[argparse.Namespace], Result], parser: argparse.ArgumentParser,
+        argv: Sequence[str] | None = None) -> int:
+    """Parse arguments, run `main`, print the outcome, and return the exit code.
+
+    argparse usage errors already exit 2. Known failures (DWError) print their message and
+    hint; Ctrl-C exits 130; anything else is an internal error (exit 1) with where it came from.
+    """
+    want_json = "--json" in (argv if argv is not None else sys.argv[1:])
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else errors.INVALID_INPUT
+        if code != 0 and want_json:
+            _print_json(envelope(False, errors.INVALID_INPUT, {}, None, {
+                "code": "usage", "message": "invalid command-line usage (see stderr)",
+                "hint": f"run {parser.prog} --help"}))
+        return code
+    try:
+        result = main(args)
+    except errors.DWError as exc:
+        return _report_error(args, exc)
+    except KeyboardInterrupt:
+        exc = errors.DWError("interrupted; everything done so far is saved",
+                             code="interrupted", exit_code=errors.INTERRUPTED,
+                             hint="re-run the same command to resume")
+        return _report_error(args, exc)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        message = (f"internal error: {type(exc).__name__}: {exc} "
+                   f"(at {os.path.basename(where.filename)}:{where.lineno})")
+        if os.environ.get("DWBATCH_DEBUG"):
+            sys.stderr.write(redact(traceback.format_exc()))
+        err = errors.DWError(message, code="internal_error", exit_code=errors.INTERNAL,
+                             hint="this is a bug: report it with the command you ran "
+                                  "(set DWBATCH_DEBUG=1 for a traceback)")
+        return _report_error(args, err)
+    ok = result.exit_code == errors.OK
+    if getattr(args, "json", False):
+        _print_json(envelope(ok, result.exit_code, result.fields, result.next))
+    else:
+        text = result.summary.rstrip("\n")
+        if result.next:
+            text += ("\n" if text else "") + f"next: {result.next}"
+        if text:
+            sys.stdout.write(redact(text) + "\n")
+    return result.exit_code
+
+
+def _report_error(args: argparse.Namespace, exc: errors.DWError) -> int:
+    if getattr(args, "json", False):
+        err = {"code": exc.code, "message": redact(exc.message), "hint": redact(exc.hint or "")}
+        _print_json(envelope(False, exc.exit_code, exc.extra, exc.next, err))
+    else:
+        lines = [f"error: {exc.message}"]
+        if exc.hint:
+            lines.append(f"hint: {exc.hint}")
+        if exc.next:
+            lines.append(f"next: {exc.next}")
+        sys.stderr.write(redact("\n".join(lines)) + "\n")
+    return exc.exit_code
+
+
+def main_entry(build_parser: Callable[[], argparse.ArgumentParser],
+               main: Callable[[argparse.Namespace], Result]) -> None:
+    """`if __name__ == "__main__": main_entry(build_parser, main)` for every script."""
+    sys.exit(run(main, build_parser()))

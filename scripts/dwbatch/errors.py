@@ -1,0 +1,66 @@
+"""Exit codes and the one exception type every script reports through.
+
+The exit codes are the contract agents act on (see SKILL.md): keep them identical in
+every script.
+"""
+
+from __future__ import annotations
+
+OK = 0
+INTERNAL = 1
+INVALID_INPUT = 2
+NOT_FINISHED = 3
+PARTIAL_FAILURE = 4
+BATCH_UNSUCCESSFUL = 5
+AUTH = 6
+UNAVAILABLE = 7
+INTERRUPTED = 130
+
+EXIT_CODE_TABLE = """\
+exit codes:
+  0    done, fully successful
+  1    internal error (a bug): report it
+  2    invalid input or usage; nothing was sent: fix what the message names
+  3    not finished yet; partial results saved: run the suggested command later
+  4    finished, but some requests failed or are missing; retry file written
+  5    a batch failed, was cancelled or expired; partial results saved
+  6    authentication, permission or credit problem: fix the key or account
+  7    service unavailable or network failure after all retries: re-run later
+  130  interrupted (Ctrl-C); state is saved: re-run the same command to resume"""
+
+
+class DWError(Exception):
+    """An expected failure, with what to tell the user and which exit code to use.
+
+    code: a snake_case identifier for the --json envelope (e.g. "invalid_input").
+    message: what went wrong, in words that name the file, line, flag or id.
+    hint: what to do next.
+    next: an exact command to run next, when there is one.
+    extra: more fields for the --json envelope.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str = "invalid_input",
+        exit_code: int = INVALID_INPUT,
+        hint: str | None = None,
+        next: str | None = None,
+        extra: dict | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.exit_code = exit_code
+        self.hint = hint
+        self.next = next
+        self.extra = dict(extra or {})
+
+
+class InputError(DWError):
+    """Invalid input or usage (exit 2): nothing was sent."""
+
+    def __init__(self, message: str, *, hint: str | None = None, code: str = "invalid_input",
+                 **kwargs) -> None:
+        super().__init__(message, code=code, exit_code=INVALID_INPUT, hint=hint, **kwargs)

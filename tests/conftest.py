@@ -1,0 +1,158 @@
+"""Shared test fixtures: the sandbox server on an ephemeral loopback port, and a runner
+that calls the real scripts as subprocesses (the way agents run them) and checks that the
+API key never shows up in anything they print."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = ROOT / "scripts"
+TEST_KEY = "dw-test-k3y-DO-NOT-LEAK-8f2c1e"
+PYTHON = sys.executable
+
+
+class Sandbox:
+    """A running scripts/sandbox_server.py and its test-only control interface."""
+
+    def __init__(self, proc: subprocess.Popen, base_url: str) -> None:
+        self.proc = proc
+        self.base_url = base_url  # ends with /v1
+        self.root_url = base_url[: -len("/v1")]
+        self.port = int(base_url.rsplit(":", 1)[1].split("/")[0])
+
+    # --- plain API access for tests -------------------------------------------------
+    def headers(self, key: str = TEST_KEY) -> dict:
+        return {"Authorization": f"Bearer {key}"}
+
+    def get(self, path: str, **kw) -> requests.Response:
+        return requests.get(self.base_url + path, headers=self.headers(), timeout=30, **kw)
+
+    def post(self, path: str, **kw) -> requests.Response:
+        return requests.post(self.base_url + path, headers=self.headers(), timeout=30, **kw)
+
+    # --- control interface (only with --enable-faults) ---------------------------------
+    def control(self, method: str, path: str, payload: dict | None = None) -> dict:
+        r = requests.request(method, self.root_url + "/_sandbox" + path, json=payload, timeout=30)
+        r.raise_for_status()
+        return r.json() if r.content else {}
+
+    def fault(self, **spec) -> dict:
+        return self.control("POST", "/faults", spec)
+
+    def clear_faults(self) -> None:
+        self.control("DELETE", "/faults")
+
+    def calls(self) -> list[dict]:
+        return self.control("GET", "/calls")["calls"]
+
+    def advance(self, batch_id: str | None = None, requests_: int | None = None) -> dict:
+        payload: dict = {}
+        if batch_id:
+            payload["batch_id"] = batch_id
+        if requests_ is not None:
+            payload["requests"] = requests_
+        return self.control("POST", "/advance", payload)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_sandbox(*args: str, api_key: str | None = TEST_KEY) -> Sandbox:
+    """Start the sandbox on an ephemeral port and wait until it prints its base URL."""
+    cmd = [PYTHON, str(SCRIPTS / "sandbox_server.py"), "--port", "0", *args]
+    if api_key is not None:
+        cmd += ["--api-key", api_key]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 20
+    line = ""
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        m = re.search(r"(http://127\.0\.0\.1:\d+/v1)", line)
+        if m:
+            return Sandbox(proc, m.group(1))
+    proc.kill()
+    raise RuntimeError(f"sandbox did not start: {line!r} {proc.stderr.read()!r}")
+
+
+@pytest.fixture
+def sandbox_factory():
+    """Start sandboxes with chosen flags; all are stopped at the end of the test."""
+    started: list[Sandbox] = []
+
+    def factory(*args: str, **kw) -> Sandbox:
+        sb = start_sandbox(*args, **kw)
+        started.append(sb)
+        return sb
+
+    yield factory
+    for sb in started:
+        sb.stop()
+
+
+@pytest.fixture
+def sandbox(sandbox_factory) -> Sandbox:
+    """A sandbox with the fault/control interface on and default speed."""
+    return sandbox_factory("--enable-faults")
+
+
+def script_env(base_url: str | None = None, key: str | None = TEST_KEY, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOUBLEWORD_")}
+    if key is not None:
+        env["DOUBLEWORD_API_KEY"] = key
+    if base_url is not None:
+        env["DOUBLEWORD_BASE_URL"] = base_url
+    env.update(extra)
+    return env
+
+
+def run_script(name: str, *args: str, env: dict | None = None, input: str | None = None,
+               cwd: str | os.PathLike | None = None, timeout: float = 120,
+               ) -> subprocess.CompletedProcess:
+    """Run scripts/NAME with args; fail the test if the API key appears in its output."""
+    proc = subprocess.run(
+        [PYTHON, str(SCRIPTS / name), *args],
+        env=env if env is not None else script_env(),
+        input=input, capture_output=True, text=True, cwd=cwd, timeout=timeout,
+    )
+    assert TEST_KEY not in proc.stdout, f"API key leaked on stdout of {name}"
+    assert TEST_KEY not in proc.stderr, f"API key leaked on stderr of {name}"
+    return proc
+
+
+def run_json(name: str, *args: str, **kw) -> tuple[int, dict]:
+    """Run a script with --json; return (exit code, parsed envelope). stdout must be one object."""
+    proc = run_script(name, *args, "--json", **kw)
+    try:
+        data = json.loads(proc.stdout)
+    except json.JSONDecodeError as exc:  # pragma: no cover - a failing test explains itself
+        raise AssertionError(
+            f"{name} --json printed no single JSON object: {proc.stdout!r} / {proc.stderr!r}"
+        ) from exc
+    assert data["exit_code"] == proc.returncode
+    assert "next" in data and "ok" in data
+    return proc.returncode, data
+
+
+def assert_no_key_in_tree(path: str | os.PathLike) -> None:
+    """No file under `path` contains the API key."""
+    for p in Path(path).rglob("*"):
+        if p.is_file():
+            assert TEST_KEY.encode() not in p.read_bytes(), f"API key written into {p}"
