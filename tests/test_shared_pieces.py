@@ -1,0 +1,105 @@
+"""Unit tests for the pieces every script shares: envelope, exit handling, redaction,
+crash-safe writes."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from dwbatch import cli, errors, fsutil, secrets
+
+
+def _parser():
+    return cli.make_parser("demo.py", "A demo.", ["python3 demo.py --json"])
+
+
+def test_help_ends_with_examples_and_exit_code_table(capsys):
+    with pytest.raises(SystemExit) as exc:
+        _parser().parse_args(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "python3 demo.py --json" in out
+    for code in ("0 ", "2 ", "3 ", "4 ", "5 ", "6 ", "7 ", "130"):
+        assert f"  {code}" in out
+
+
+def test_json_envelope_on_success(capsys):
+    code = cli.run(lambda a: cli.Result({"n": 1}, "one", errors.NOT_FINISHED, "again"),
+                   _parser(), ["--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 3
+    assert out == {"ok": False, "exit_code": 3, "n": 1, "next": "again"}
+
+
+def test_json_envelope_on_error_carries_code_message_hint(capsys):
+    def boom(_):
+        raise errors.InputError("line 3 of a.jsonl: bad", hint="fix line 3")
+
+    code = cli.run(boom, _parser(), ["--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 2
+    assert out["ok"] is False and out["exit_code"] == 2 and out["next"] is None
+    assert out["error"] == {"code": "invalid_input", "message": "line 3 of a.jsonl: bad",
+                            "hint": "fix line 3"}
+
+
+def test_human_error_goes_to_stderr_and_stdout_stays_empty(capsys):
+    def boom(_):
+        raise errors.DWError("no key", code="auth", exit_code=errors.AUTH, hint="set it")
+
+    assert cli.run(boom, _parser(), []) == 6
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "error: no key" in captured.err and "hint: set it" in captured.err
+
+
+def test_unexpected_exception_is_exit_1_and_names_where(capsys):
+    def bug(_):
+        raise ZeroDivisionError("x")
+
+    assert cli.run(bug, _parser(), []) == 1
+    err = capsys.readouterr().err
+    assert "internal error: ZeroDivisionError" in err and "test_shared_pieces.py:" in err
+
+
+def test_ctrl_c_is_exit_130(capsys):
+    def interrupted(_):
+        raise KeyboardInterrupt
+
+    assert cli.run(interrupted, _parser(), ["--json"]) == 130
+    assert json.loads(capsys.readouterr().out)["error"]["code"] == "interrupted"
+
+
+def test_usage_error_with_json_still_prints_one_envelope(capsys):
+    assert cli.run(lambda a: cli.Result(), _parser(), ["--json", "--nope"]) == 2
+    assert json.loads(capsys.readouterr().out)["error"]["code"] == "usage"
+
+
+def test_key_is_redacted_from_output(monkeypatch, capsys):
+    monkeypatch.setenv(secrets.API_KEY_ENV, "sk-very-secret-123")
+
+    def leaky(_):
+        raise errors.DWError("failed with sk-very-secret-123 in it", code="x", exit_code=7)
+
+    cli.run(leaky, _parser(), [])
+    err = capsys.readouterr().err
+    assert "sk-very-secret-123" not in err and secrets.REDACTED in err
+
+
+def test_atomic_open_keeps_old_file_on_failure(tmp_path):
+    target = tmp_path / "out.json"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), fsutil.atomic_open(target) as f:
+        f.write("half of the new")
+        raise RuntimeError("crash")
+    assert target.read_text() == "old"
+    assert os.listdir(tmp_path) == ["out.json"]
+
+
+def test_write_json_atomic_replaces_whole_file(tmp_path):
+    target = tmp_path / "job.json"
+    fsutil.write_json_atomic(target, {"a": 1})
+    fsutil.write_json_atomic(target, {"b": 2})
+    assert json.loads(target.read_text()) == {"b": 2}
