@@ -141,3 +141,42 @@ def main_entry(build_parser: Callable[[], argparse.ArgumentParser],
                main: Callable[[argparse.Namespace], Result]) -> None:
     """`if __name__ == "__main__": main_entry(build_parser, main)` for every script."""
     sys.exit(run(main, build_parser()))
+
+
+def add_network_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """--base-url, --max-retries and --timeout for every script that talks to the API."""
+    from .config import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT  # late: config imports errors only
+
+    def non_negative_int(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a whole number >= 0, got {text!r}") from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+        return value
+
+    def positive_float(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
+        return value
+
+    group = parser.add_argument_group("network")
+    group.add_argument(
+        "--base-url", metavar="URL", default=None,
+        help="API base URL (default: $DOUBLEWORD_BASE_URL, else https://api.doubleword.ai/v1; "
+             "plain http only to localhost/127.0.0.1/::1, e.g. the sandbox)")
+    group.add_argument(
+        "--max-retries", metavar="N", type=non_negative_int, default=DEFAULT_MAX_RETRIES,
+        help=f"retries of a call on 429/5xx/network errors, with backoff that honours "
+             f"Retry-After (default {DEFAULT_MAX_RETRIES}; 0 = no retries)")
+    group.add_argument(
+        "--timeout", metavar="SECONDS", type=positive_float, default=DEFAULT_TIMEOUT,
+        help=f"seconds to wait for the server to answer a call (default {DEFAULT_TIMEOUT:g}; "
+             "uploads wait at least 300)")
+    return parser

@@ -1,0 +1,687 @@
+"""The one HTTP client every networked script uses.
+
+Why one: retries, backoff, error wording, key redaction and streaming are easy to get subtly
+wrong, and a script that gets them wrong loses work or money. Everything here follows the
+contract (`cli-contract.md`) and the live server's behaviour (`doubleword-api.md`):
+
+- retries on 429/500/502/503/504, connection errors and timeouts, with exponential backoff
+  and jitter, honouring `Retry-After` (header, then body `retry_after_seconds`), bounded by
+  `max_retries` and a total wait cap; never on other 4xx;
+- a call that is not idempotent (creating a batch) is never repeated blindly when its
+  outcome is unknown (answer lost after sending, read timeout, 500/502/504): the caller gets
+  `AmbiguousOutcome` and must look the object up before trying again;
+- errors become `APIError` (a DWError) with the server's own words, plain text or JSON,
+  exit 6 for 401/402/403 and exit 7 once retries are used up; the key never appears in them;
+- uploads stream multipart from disk with a known Content-Length (memory does not grow with
+  the file); downloads hand back complete lines only; lists are paged through.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import json
+import os
+import random
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import requests
+from requests.structures import CaseInsensitiveDict
+
+from . import __version__, errors
+from .config import Settings
+from .secrets import redact
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# 429 and 503 mean "not processed, come back later": safe to repeat even a create.
+# 500/502/504 may arrive after the work was done, so a create must be looked up first.
+NOT_PROCESSED_STATUSES = frozenset({429, 503})
+UPLOAD_MIN_READ_TIMEOUT = 300.0
+DEFAULT_MAX_TOTAL_WAIT = 360.0
+DEFAULT_BASE_DELAY = 0.5
+DEFAULT_MAX_DELAY = 30.0
+MAX_SERVER_WORDS = 2000
+UPLOAD_CHUNK = 1 << 20
+LINE_CHUNK = 1 << 16
+LIST_PAGE_SIZE = 100
+
+ProgressCallback = Callable[[int, int], None]
+
+
+# --------------------------------------------------------------------------- errors
+
+class APIError(errors.DWError):
+    """A call that failed: HTTP status (None for network failures) and the server's words."""
+
+    def __init__(self, message: str, *, status: int | None = None, server_message: str = "",
+                 method: str = "", path: str = "", **kwargs) -> None:
+        extra = dict(kwargs.pop("extra", None) or {})
+        if status is not None:
+            extra.setdefault("http_status", status)
+        super().__init__(message, extra=extra, **kwargs)
+        self.status = status
+        self.server_message = server_message
+        self.method = method
+        self.path = path
+
+
+class AmbiguousOutcome(APIError):
+    """A non-idempotent call whose answer was lost: the server may or may not have done it."""
+
+
+class StreamInterrupted(APIError):
+    """A streamed download broke off; every complete line before the break was handed back."""
+
+    def __init__(self, message: str, *, lines_read: int = 0, **kwargs) -> None:
+        super().__init__(message, **kwargs)
+        self.lines_read = lines_read
+
+
+# --------------------------------------------------------------------------- backoff
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long to retry. Total wait is capped so a command always ends."""
+
+    max_retries: int = 5
+    base_delay: float = DEFAULT_BASE_DELAY
+    max_delay: float = DEFAULT_MAX_DELAY
+    max_total_wait: float = DEFAULT_MAX_TOTAL_WAIT
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date; else None."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        now = time.time() if now is None else now
+        return max(0.0, when.timestamp() - now)
+    if seconds != seconds or seconds < 0:  # NaN or negative
+        return None
+    return seconds
+
+
+def retry_after_seconds(headers, body: bytes | str | None) -> float | None:
+    """The server's requested wait: the Retry-After header first, then JSON retry_after_seconds."""
+    header = parse_retry_after(headers.get("Retry-After")) if headers is not None else None
+    if header is not None:
+        return header
+    data = _json_or_none(body)
+    if isinstance(data, dict):
+        value = data.get("retry_after_seconds")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+            return float(value)
+        if isinstance(value, str):
+            return parse_retry_after(value)
+    return None
+
+
+def backoff_delay(attempt: int, policy: RetryPolicy, server_wait: float | None = None,
+                  rng: random.Random | None = None) -> float:
+    """Seconds before retry number `attempt + 1`.
+
+    With a server-requested wait: that wait plus up to 10% (at most 1 s) of jitter, so many
+    clients told the same number do not return in lockstep. Otherwise exponential backoff
+    (base * 2**attempt, capped at max_delay) with jitter between half and the full value.
+    """
+    rng = rng or random
+    if server_wait is not None:
+        return server_wait + rng.uniform(0.0, min(1.0, server_wait * 0.1))
+    ceiling = min(policy.max_delay, policy.base_delay * (2 ** attempt))
+    return rng.uniform(ceiling / 2, ceiling)
+
+
+# --------------------------------------------------------------------------- error text
+
+def _json_or_none(body):
+    if body is None:
+        return None
+    if isinstance(body, bytes):
+        try:
+            body = body.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    body = body.strip()
+    if not body or body[0] not in "{[":
+        return None
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
+def server_words(body: bytes | str | None) -> str:
+    """The server's own error text, whether it sent plain text or JSON.
+
+    JSON bodies: `message` (plus the `error` code when both exist), OpenAI-style
+    `{"error": {"message": ...}}`, else the JSON itself. Plain text as sent. Truncated.
+    """
+    data = _json_or_none(body)
+    text = ""
+    if isinstance(data, dict):
+        err = data.get("error")
+        if isinstance(err, dict) and err.get("message"):
+            text = str(err["message"])
+        elif data.get("message"):
+            text = str(data["message"])
+            if isinstance(err, str) and err and err not in text:
+                text = f"{err}: {text}"
+        elif isinstance(err, str) and err:
+            text = err
+        elif data.get("detail"):
+            text = str(data["detail"])
+    if not text:
+        if isinstance(body, bytes):
+            body = body.decode("utf-8", errors="replace")
+        text = (body or "").strip()
+    if len(text) > MAX_SERVER_WORDS:
+        text = text[:MAX_SERVER_WORDS] + f"... ({len(text) - MAX_SERVER_WORDS} more characters)"
+    return text
+
+
+def _hint_for_status(status: int) -> tuple[str, int, str]:
+    """(code, exit code, hint) for a status that is not retried."""
+    if status == 401:
+        return ("unauthorized", errors.AUTH,
+                "the key in DOUBLEWORD_API_KEY was refused: check it is set to a valid, "
+                "unrevoked key for this base URL; do not retry in a loop")
+    if status == 402:
+        return ("payment_required", errors.AUTH,
+                "the account's balance or spend cap does not allow this: add credits or raise "
+                "the cap in the Doubleword console, then re-run the same command")
+    if status == 403:
+        return ("forbidden", errors.AUTH,
+                "the key may not use this file, batch or model: check the model names and "
+                "that the ids belong to this account")
+    if status == 404:
+        return ("not_found", errors.INVALID_INPUT,
+                "check the id: it is unknown to this server or belongs to another account")
+    if status == 413:
+        return ("too_large", errors.INVALID_INPUT,
+                "the file is larger than the server allows: split it into smaller files")
+    if status >= 500:
+        return ("server_error", errors.UNAVAILABLE,
+                "the service failed; re-run the same command later")
+    return ("rejected", errors.INVALID_INPUT,
+            "fix what the server's message names, then re-run")
+
+
+# --------------------------------------------------------------------------- streaming bodies
+
+class MultipartFileBody:
+    """A multipart/form-data body streamed from disk, with its exact length known up front.
+
+    requests sends an iterable that has a length with a Content-Length header, chunk by
+    chunk, so memory stays at one chunk whatever the file size. A fresh instance is needed
+    for every attempt. The sha256 of what was actually sent is kept in `sent_sha256`.
+    """
+
+    def __init__(self, path: str, filename: str, fields: dict[str, str],
+                 progress: ProgressCallback | None = None, chunk_size: int = UPLOAD_CHUNK):
+        self.path = path
+        self.file_size = os.path.getsize(path)
+        self.progress = progress
+        self.chunk_size = chunk_size
+        self.sent_sha256: str | None = None
+        boundary = "dwbatch-" + uuid.uuid4().hex
+        self.content_type = f"multipart/form-data; boundary={boundary}"
+        safe_name = filename.replace("\\", "_").replace('"', "_").replace("\r", "_") \
+            .replace("\n", "_")
+        head = []
+        for name, value in fields.items():
+            head.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"'
+                        f"\r\n\r\n{value}\r\n")
+        head.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+                    f'filename="{safe_name}"\r\nContent-Type: application/jsonl\r\n\r\n')
+        self.head = "".join(head).encode("utf-8")
+        self.tail = f"\r\n--{boundary}--\r\n".encode()
+
+    def __len__(self) -> int:
+        return len(self.head) + self.file_size + len(self.tail)
+
+    def __iter__(self) -> Iterator[bytes]:
+        total = len(self)
+        sent = len(self.head)
+        digest = hashlib.sha256()
+        yield self.head
+        remaining = self.file_size
+        with open(self.path, "rb") as f:
+            while remaining > 0:
+                chunk = f.read(min(self.chunk_size, remaining))
+                if not chunk:
+                    raise errors.InputError(
+                        f"{self.path} shrank while it was being uploaded "
+                        f"({remaining} bytes missing)",
+                        hint="do not modify input files during submit; re-run the command")
+                remaining -= len(chunk)
+                digest.update(chunk)
+                sent += len(chunk)
+                yield chunk
+                if self.progress:
+                    self.progress(sent, total)
+        self.sent_sha256 = digest.hexdigest()
+        yield self.tail
+        if self.progress:
+            self.progress(total, total)
+
+
+class LineStream:
+    """A streamed response read as complete lines (bytes, each ending with b"\\n").
+
+    `headers` is case-insensitive. A trailing piece without a newline (a torn last line) is
+    never handed back: it is kept in `partial`. If the connection breaks, the complete lines
+    received so far are yielded first, then StreamInterrupted is raised. Use as a context
+    manager (or call close()) so the connection is released.
+    """
+
+    def __init__(self, response: requests.Response, method: str = "GET", path: str = "",
+                 key: str | None = None):
+        self.response = response
+        self.status_code = response.status_code
+        self.headers: CaseInsensitiveDict = response.headers
+        self.lines_read = 0
+        self.partial = b""
+        self.finished = False
+        self._method = method
+        self._path = path
+        self._key = key
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        return self.headers.get(name, default)
+
+    @property
+    def complete(self) -> bool:
+        """True when the body ended cleanly on a line boundary."""
+        return self.finished and not self.partial
+
+    def __iter__(self) -> Iterator[bytes]:
+        pending = bytearray()
+        try:
+            for chunk in self.response.iter_content(chunk_size=LINE_CHUNK):
+                start = 0
+                while True:
+                    nl = chunk.find(b"\n", start)
+                    if nl < 0:
+                        pending += chunk[start:]
+                        break
+                    pending += chunk[start:nl + 1]
+                    line = bytes(pending)
+                    pending.clear()
+                    start = nl + 1
+                    self.lines_read += 1
+                    yield line
+        except (requests.exceptions.RequestException, OSError) as exc:
+            self.partial = bytes(pending)
+            self.close()
+            raise StreamInterrupted(
+                redact(f"{self._method} {self._path}: the download broke off after "
+                       f"{self.lines_read} complete lines ({type(exc).__name__}: {exc})",
+                       self._key),
+                lines_read=self.lines_read, code="stream_interrupted",
+                exit_code=errors.UNAVAILABLE, method=self._method, path=self._path,
+                hint="the lines before the break are complete; re-run to continue") from None
+        self.partial = bytes(pending)
+        self.finished = True
+        self.close()
+
+    def close(self) -> None:
+        self.response.close()
+
+    def __enter__(self) -> LineStream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------- the client
+
+def _sent_before_failure(exc: Exception) -> bool:
+    """False when the connection never opened (nothing reached the server), else True."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return False
+    import urllib3.exceptions as u3
+
+    seen = set()
+    stack = [exc]
+    while stack:
+        cur = stack.pop()
+        if cur is None or id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        if isinstance(cur, (u3.NewConnectionError, u3.ConnectTimeoutError)):
+            return False
+        if isinstance(cur, ConnectionRefusedError):
+            return False
+        stack.extend([getattr(cur, "reason", None), cur.__cause__, cur.__context__])
+        stack.extend(a for a in getattr(cur, "args", ()) if isinstance(a, BaseException))
+    return True
+
+
+def default_retry_note(message: str) -> None:
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
+class Client:
+    """Doubleword API client: `Client(settings)`; every method returns parsed JSON (dicts).
+
+    on_retry(message) is told about each retry (default: a line on stderr).
+    """
+
+    def __init__(self, settings: Settings, *, policy: RetryPolicy | None = None,
+                 on_retry: Callable[[str], None] | None = default_retry_note,
+                 sleep: Callable[[float], None] = time.sleep,
+                 session: requests.Session | None = None) -> None:
+        self.settings = settings
+        self.base_url = settings.base_url.rstrip("/")
+        self.policy = policy or RetryPolicy(max_retries=settings.max_retries)
+        self.on_retry = on_retry
+        self.sleep = sleep
+        self._key = settings.api_key
+        self.session = session or requests.Session()
+        self.session.trust_env = True
+        self.session.headers["User-Agent"] = f"doubleword-batch/{__version__}"
+        if settings.api_key:
+            self.session.headers["Authorization"] = f"Bearer {settings.api_key}"
+
+    # ---- plumbing -----------------------------------------------------------------------
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _redact(self, text: str) -> str:
+        return redact(redact(text, self._key))
+
+    def url(self, path: str) -> str:
+        return self.base_url + (path if path.startswith("/") else "/" + path)
+
+    def request(self, method: str, path: str, *, params: dict | None = None,
+                json_body: object = None, body_factory: Callable[[], tuple] | None = None,
+                idempotent: bool = True, stream: bool = False,
+                read_timeout: float | None = None,
+                ok: tuple[int, ...] = (200, 201, 202, 204)) -> requests.Response:
+        """One API call with the retry rules; returns the successful Response.
+
+        body_factory() -> (data, headers) builds a fresh body per attempt (streamed uploads).
+        idempotent=False: a lost answer raises AmbiguousOutcome instead of being repeated.
+        """
+        policy = self.policy
+        timeout = (self.settings.connect_timeout, read_timeout or self.settings.timeout)
+        where = f"{method} {path}"
+        attempt = 0
+        waited = 0.0
+        while True:
+            data = None
+            headers = None
+            if body_factory is not None:
+                data, headers = body_factory()
+            try:
+                resp = self.session.request(method, self.url(path), params=params,
+                                            json=json_body, data=data, headers=headers,
+                                            timeout=timeout, stream=stream)
+            except errors.DWError:
+                raise
+            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                    requests.exceptions.ChunkedEncodingError) as exc:
+                sent = _sent_before_failure(exc)
+                reason = self._redact(f"{type(exc).__name__}: {exc}")
+                if sent and not idempotent:
+                    raise AmbiguousOutcome(
+                        f"{where}: the answer was lost after the request was sent ({reason}); "
+                        "the server may have done it",
+                        code="outcome_unknown", exit_code=errors.UNAVAILABLE,
+                        method=method, path=path,
+                        hint="look the object up before repeating the call") from None
+                server_wait = None
+                status = None
+            except requests.exceptions.RequestException as exc:
+                raise APIError(self._redact(f"{where} could not be sent: "
+                                            f"{type(exc).__name__}: {exc}"),
+                               code="request_error", exit_code=errors.INTERNAL,
+                               method=method, path=path) from None
+            else:
+                status = resp.status_code
+                if status in ok:
+                    return resp
+                body = resp.content  # error bodies are small
+                words = self._redact(server_words(body))
+                if status not in RETRY_STATUSES:
+                    raise self._error(method, path, status, words)
+                if not idempotent and status not in NOT_PROCESSED_STATUSES:
+                    raise AmbiguousOutcome(
+                        f"{where} answered {status} ({words or 'no message'}); the server "
+                        "may or may not have done it",
+                        status=status, server_message=words, code="outcome_unknown",
+                        exit_code=errors.UNAVAILABLE, method=method, path=path,
+                        hint="look the object up before repeating the call")
+                server_wait = retry_after_seconds(resp.headers, body)
+                reason = f"{status} {words}".strip()
+                resp.close()
+            if attempt >= policy.max_retries:
+                raise self._exhausted(method, path, status, reason, attempt, waited)
+            delay = backoff_delay(attempt, policy, server_wait)
+            if waited + delay > policy.max_total_wait:
+                raise self._exhausted(method, path, status, reason, attempt, waited,
+                                      wanted=delay)
+            attempt += 1
+            if self.on_retry:
+                self.on_retry(self._redact(
+                    f"{where}: {reason}; retry {attempt} of {policy.max_retries} in "
+                    f"{delay:.1f} s"))
+            self.sleep(delay)
+            waited += delay
+
+    def _error(self, method: str, path: str, status: int, words: str) -> APIError:
+        code, exit_code, hint = _hint_for_status(status)
+        message = f"{method} {path} answered {status}: {words or '(no message)'}"
+        return APIError(message, status=status, server_message=words, code=code,
+                        exit_code=exit_code, hint=hint, method=method, path=path)
+
+    def _exhausted(self, method: str, path: str, status: int | None, reason: str,
+                   attempts: int, waited: float, wanted: float | None = None) -> APIError:
+        why = f"after {attempts} retries and {waited:.0f} s of waiting"
+        if wanted is not None:
+            why += (f" (the next wait, {wanted:.0f} s, would pass the "
+                    f"{self.policy.max_total_wait:.0f} s cap)")
+        return APIError(
+            self._redact(f"{method} {path} failed {why}: {reason}"),
+            status=status, code="unavailable", exit_code=errors.UNAVAILABLE,
+            method=method, path=path,
+            hint="the service is busy or unreachable; re-run the same command later "
+                 "(nothing recorded is repeated), or raise --max-retries")
+
+    def get_json(self, path: str, params: dict | None = None) -> dict:
+        return self._json(self.request("GET", path, params=params), "GET", path)
+
+    def _json(self, resp: requests.Response, method: str, path: str) -> dict:
+        if resp.status_code == 204 or not resp.content:
+            return {}
+        try:
+            return resp.json()
+        except ValueError:
+            raise APIError(
+                self._redact(f"{method} {path} answered {resp.status_code} with a body that is "
+                             f"not JSON: {server_words(resp.content)[:200]}"),
+                status=resp.status_code, code="bad_response", exit_code=errors.UNAVAILABLE,
+                method=method, path=path,
+                hint="check --base-url points at the API (it should end with /v1)") from None
+
+    def iter_list(self, path: str, params: dict | None = None, *,
+                  page_size: int = LIST_PAGE_SIZE, max_items: int | None = None
+                  ) -> Iterator[dict]:
+        """Every item of a list endpoint, following has_more / last_id page by page."""
+        params = {k: v for k, v in (params or {}).items() if v is not None}
+        after = params.pop("after", None)
+        count = 0
+        seen_after = set()
+        while True:
+            page = dict(params)
+            page["limit"] = page_size if max_items is None else min(page_size,
+                                                                    max_items - count)
+            if after:
+                page["after"] = after
+            data = self.get_json(path, page)
+            items = data.get("data") or []
+            for item in items:
+                yield item
+                count += 1
+                if max_items is not None and count >= max_items:
+                    return
+            if not data.get("has_more") or not items:
+                return
+            after = data.get("last_id") or items[-1].get("id")
+            if not after or after in seen_after:
+                return
+            seen_after.add(after)
+
+    # ---- files --------------------------------------------------------------------------
+    def upload_file(self, path: str, *, filename: str | None = None, purpose: str = "batch",
+                    progress: ProgressCallback | None = None,
+                    expected_sha256: str | None = None) -> dict:
+        """POST /files, streaming `path` from disk. Returns the File object.
+
+        The upload is retried like any call (a lost answer can leave an unused duplicate
+        file on the server, which costs nothing and expires). With expected_sha256, a file
+        that changed since it was checked is deleted again and refused.
+        """
+        filename = filename or os.path.basename(path)
+        bodies: list[MultipartFileBody] = []
+
+        def body_factory():
+            body = MultipartFileBody(path, filename, {"purpose": purpose}, progress)
+            bodies.append(body)
+            return body, {"Content-Type": body.content_type}
+
+        read_timeout = max(self.settings.timeout, UPLOAD_MIN_READ_TIMEOUT)
+        resp = self.request("POST", "/files", body_factory=body_factory,
+                            read_timeout=read_timeout)
+        obj = self._json(resp, "POST", "/files")
+        sent = bodies[-1].sent_sha256 if bodies else None
+        if expected_sha256 and sent and sent != expected_sha256:
+            if obj.get("id"):
+                try:
+                    self.delete_file(obj["id"])
+                except errors.DWError:
+                    pass
+            raise errors.InputError(
+                f"{path} changed while it was being uploaded (sha256 {sent[:12]}… instead of "
+                f"{expected_sha256[:12]}…); the uploaded copy was deleted",
+                hint="do not modify input files during submit; re-run the command")
+        return obj
+
+    def get_file(self, file_id: str) -> dict:
+        return self.get_json(f"/files/{file_id}")
+
+    def delete_file(self, file_id: str) -> dict:
+        path = f"/files/{file_id}"
+        return self._json(self.request("DELETE", path), "DELETE", path)
+
+    def list_files(self, *, purpose: str | None = None, max_items: int | None = None,
+                   order: str | None = None) -> list[dict]:
+        return list(self.iter_list("/files", {"purpose": purpose, "order": order},
+                                   max_items=max_items))
+
+    def cost_estimate(self, file_id: str, completion_window: str) -> dict:
+        """GET /files/{id}/cost-estimate; total_estimated_cost is a decimal string."""
+        return self.get_json(f"/files/{file_id}/cost-estimate",
+                             {"completion_window": completion_window})
+
+    def file_content(self, file_id: str, *, skip: int | None = None,
+                     limit: int | None = None) -> LineStream:
+        """GET /files/{id}/content streamed: `.headers` (case-insensitive) and complete lines.
+
+        Resume with skip=<X-Last-Line of the previous answer> (the server ignores `offset`).
+        """
+        return self.stream_lines(f"/files/{file_id}/content", {"skip": skip, "limit": limit})
+
+    def stream_lines(self, path: str, params: dict | None = None) -> LineStream:
+        """Any streamed NDJSON endpoint (file content, batch results) as a LineStream."""
+        params = {k: v for k, v in (params or {}).items() if v is not None}
+        resp = self.request("GET", path, params=params, stream=True)
+        return LineStream(resp, "GET", path, self._key)
+
+    # ---- batches ------------------------------------------------------------------------
+    def create_batch(self, input_file_id: str, endpoint: str, completion_window: str,
+                     metadata: dict[str, str] | None = None) -> dict:
+        """POST /batches. Not idempotent: a lost answer raises AmbiguousOutcome, so the
+        caller can search by metadata (find_batches_by_metadata) before creating again."""
+        body: dict = {"input_file_id": input_file_id, "endpoint": endpoint,
+                      "completion_window": completion_window}
+        if metadata:
+            body["metadata"] = {str(k): str(v) for k, v in metadata.items()}
+        return self._json(self.request("POST", "/batches", json_body=body, idempotent=False),
+                          "POST", "/batches")
+
+    def get_batch(self, batch_id: str) -> dict:
+        return self.get_json(f"/batches/{batch_id}")
+
+    def iter_batches(self, *, search: str | None = None, status: str | None = None,
+                     after: str | None = None, max_items: int | None = None,
+                     page_size: int = LIST_PAGE_SIZE) -> Iterator[dict]:
+        return self.iter_list("/batches", {"search": search, "status": status, "after": after},
+                              page_size=page_size, max_items=max_items)
+
+    def list_batches(self, *, search: str | None = None, status: str | None = None,
+                     after: str | None = None, limit: int | None = None) -> list[dict]:
+        """GET /batches across pages; `limit` caps the number of batches returned."""
+        return list(self.iter_batches(search=search, status=status, after=after,
+                                      max_items=limit))
+
+    def find_batches_by_metadata(self, search: str, match: dict[str, str]) -> list[dict]:
+        """Batches found by GET /batches?search= whose metadata has every key/value of match."""
+        found = []
+        for batch in self.iter_batches(search=search):
+            meta = batch.get("metadata") or {}
+            if all(str(meta.get(k)) == str(v) for k, v in match.items()):
+                found.append(batch)
+        return found
+
+    def cancel_batch(self, batch_id: str) -> dict:
+        path = f"/batches/{batch_id}/cancel"
+        return self._json(self.request("POST", path), "POST", path)
+
+    def retry_batch(self, batch_id: str) -> dict:
+        """Doubleword extension: failed and cancelled requests go back to pending, same batch."""
+        path = f"/batches/{batch_id}/retry"
+        return self._json(self.request("POST", path), "POST", path)
+
+    def delete_batch(self, batch_id: str) -> dict:
+        path = f"/batches/{batch_id}"
+        return self._json(self.request("DELETE", path), "DELETE", path)
+
+    def batch_results(self, batch_id: str, *, skip: int | None = None,
+                      limit: int | None = None) -> LineStream:
+        """Doubleword extension GET /batches/{id}/results: one line per input request."""
+        return self.stream_lines(f"/batches/{batch_id}/results", {"skip": skip, "limit": limit})
+
+    def batch_analytics(self, batch_id: str) -> dict:
+        return self.get_json(f"/batches/{batch_id}/analytics")
+
+
+def client_from_args(args, *, on_retry: Callable[[str], None] | None = default_retry_note
+                     ) -> Client:
+    """A Client for parsed arguments made with cli.add_network_args (exit 6 without a key)."""
+    from .config import settings_from_args
+
+    return Client(settings_from_args(args), on_retry=on_retry)
