@@ -160,8 +160,8 @@ def _answer(url: str, body: dict, marker_text: str) -> tuple[str, bool, int]:
     words = content.split()
     limit = _max_tokens(url, body)
     cut = limit is not None and 0 <= limit < len(words)
-    if cut:
-        content = " ".join(words[:limit])
+    if cut or not structured:  # plain answers are word-tokenised: "ECHO" + prompt words
+        content = " ".join(words[:limit] if cut else words)
     return content, cut, len(prompt.split())
 
 
