@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""Run the whole doubleword-batch workflow once, printing each command as it runs it.
+
+By default it starts the local sandbox (mock models, no key, no cost) and works on the bundled
+example in examples/: a CSV of product reviews, a prompt template and a JSON Schema for
+structured output. With --live it runs the same steps against the real service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+EXAMPLES = os.path.join(ROOT, "examples")
+
+from dwbatch import cli, errors  # noqa: E402  (scripts/ is on sys.path when run as a script)
+
+DEMO_KEY = "sandbox-demo-key"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.make_parser(
+        "demo.py",
+        "Run the whole workflow (build, submit, poll, fetch) on the bundled example, printing\n"
+        "each step's exact command. Starts its own local sandbox unless --live is given.",
+        [
+            "python3 scripts/demo.py",
+            "python3 scripts/demo.py --workdir demo-run",
+            "DOUBLEWORD_API_KEY=... python3 scripts/demo.py --live --model MODEL",
+        ],
+    )
+    parser.add_argument("--workdir", help="folder for the files the demo writes "
+                        "(default: a new temporary folder, printed at the end)")
+    parser.add_argument("--live", action="store_true",
+                        help="use the real service (needs DOUBLEWORD_API_KEY and --model); "
+                             "costs real money, though the example is tiny")
+    parser.add_argument("--model", help="model name (default in the sandbox: sandbox-chat)")
+    parser.add_argument("--timeout", type=float, default=120,
+                        help="seconds to wait for the batch (default 120; use more with --live)")
+    return parser
+
+
+def start_sandbox() -> tuple[subprocess.Popen, str]:
+    """Start scripts/sandbox_server.py on a free loopback port; return it and its base URL."""
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(HERE, "sandbox_server.py"), "--port", "0",
+         "--rate", "4", "--seed", "7"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    line = proc.stdout.readline() if proc.stdout else ""
+    match = re.search(r"(http://\S+/v1)", line)
+    if not match:
+        proc.kill()
+        raise errors.DWError(f"the sandbox did not start (it printed {line!r})",
+                             code="sandbox_failed", exit_code=errors.INTERNAL,
+                             hint="run python3 scripts/sandbox_server.py --port 0 to see why")
+    return proc, match.group(1)
+
+
+def step(title: str, script: str, args: list[str], env: dict, ok_codes: tuple[int, ...]) -> dict:
+    """Run one script the way a user would, show its command and output, return its envelope."""
+    shown = " ".join(["python3", os.path.relpath(os.path.join(HERE, script)),
+                      *(shlex.quote(a) for a in args)])
+    print(f"\n## {title}\n$ {shown}", flush=True)
+    proc = subprocess.run([sys.executable, os.path.join(HERE, script), *args, "--json"],
+                          env=env, capture_output=True, text=True)
+    if proc.stderr.strip():
+        sys.stderr.write(proc.stderr)
+    try:
+        envelope = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        envelope = {"ok": False, "exit_code": proc.returncode, "raw": proc.stdout}
+    summary = {k: v for k, v in envelope.items() if k not in ("next",)}
+    print(json.dumps(summary, indent=2, ensure_ascii=False)[:2000])
+    print(f"(exit code {proc.returncode}; next: {envelope.get('next')})", flush=True)
+    if proc.returncode not in ok_codes:
+        raise errors.DWError(f"step '{title}' exited {proc.returncode}",
+                             code="demo_step_failed", exit_code=proc.returncode or 1,
+                             hint="read the step's message above")
+    return envelope
+
+
+def main(args: argparse.Namespace) -> cli.Result:
+    workdir = args.workdir or tempfile.mkdtemp(prefix="doubleword-demo-")
+    os.makedirs(workdir, exist_ok=True)
+    env = dict(os.environ)
+    sandbox = None
+    if args.live:
+        if not env.get("DOUBLEWORD_API_KEY") or not args.model:
+            raise errors.InputError("--live needs DOUBLEWORD_API_KEY in the environment and "
+                                    "--model MODEL", hint="export DOUBLEWORD_API_KEY=... and "
+                                    "pass --model with a model your key may use")
+        model = args.model
+    else:
+        sandbox, base_url = start_sandbox()
+        print(f"Started the local sandbox at {base_url} (mock models, nothing leaves this "
+              "machine).", flush=True)
+        env.update(DOUBLEWORD_BASE_URL=base_url, DOUBLEWORD_API_KEY=DEMO_KEY)
+        model = args.model or "sandbox-chat"
+    batch_file = os.path.join(workdir, "reviews.jsonl")
+    job = os.path.join(workdir, "reviews.job.json")
+    try:
+        step("1. Build a batch file from a CSV and a template", "create_batch_file.py", [
+            os.path.join(EXAMPLES, "reviews.csv"), "-o", batch_file, "--model", model,
+            "--template", "@" + os.path.join(EXAMPLES, "review_template.txt"),
+            "--id-column", "id", "--max-tokens", "200",
+            "--response-format", os.path.join(EXAMPLES, "sentiment.schema.json")],
+            env, (0,))
+        step("2. Upload it and start the batch (exactly once)", "submit.py",
+             [batch_file, "--job", job], env, (0,))
+        step("3. Check once: an agent does this, then comes back later", "poll.py",
+             [job], env, (0, 3, 4))
+        step("4. (A person may block until done instead)", "poll.py",
+             [job, "--wait", "--timeout", str(args.timeout), "--interval", "2"],
+             env, (0, 4))
+        fetched = step("5. Fetch the results, joined back to the input rows", "fetch_results.py",
+                       [job], env, (0, 4))
+    finally:
+        if sandbox is not None:
+            sandbox.terminate()
+            sandbox.wait(timeout=10)
+    results_path = fetched.get("results_file") or os.path.join(workdir, "reviews.results.jsonl")
+    print(f"\n## The results file: {results_path}")
+    with open(results_path, encoding="utf-8") as f:
+        for line in f:
+            record = json.loads(line)
+            print(f"  {record['custom_id']}: {record['status']}: "
+                  f"{json.dumps(record.get('json', record.get('content')), ensure_ascii=False)}")
+    return cli.Result(
+        {"workdir": workdir, "results_file": results_path, "counts": fetched.get("counts")},
+        f"\nDone. Everything the demo wrote is in {workdir}",
+        errors.OK, None)
+
+
+if __name__ == "__main__":
+    cli.main_entry(build_parser, main)
