@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
+import http.client
 import json
 import os
 import random
@@ -30,6 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import requests
+import urllib3
 from requests.structures import CaseInsensitiveDict
 
 from . import __version__, errors
@@ -312,7 +314,7 @@ class LineStream:
     def __iter__(self) -> Iterator[bytes]:
         pending = bytearray()
         try:
-            for chunk in self.response.iter_content(chunk_size=LINE_CHUNK):
+            for chunk in _body_chunks(self.response):
                 start = 0
                 while True:
                     nl = chunk.find(b"\n", start)
@@ -325,7 +327,8 @@ class LineStream:
                     start = nl + 1
                     self.lines_read += 1
                     yield line
-        except (requests.exceptions.RequestException, OSError) as exc:
+        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError,
+                http.client.HTTPException, OSError) as exc:
             self.partial = bytes(pending)
             self.close()
             raise StreamInterrupted(
@@ -349,14 +352,28 @@ class LineStream:
         self.close()
 
 
+def _body_chunks(response: requests.Response) -> Iterator[bytes]:
+    """The body as it arrives. read1 hands back what has arrived before a break is reported
+    (urllib3 2's read(n) would drop the bytes it buffered when the connection breaks)."""
+    raw = response.raw
+    read1 = getattr(raw, "read1", None)
+    if read1 is None:  # urllib3 1.x: iter_content keeps the bytes read before a break
+        yield from response.iter_content(chunk_size=LINE_CHUNK)
+        return
+    while True:
+        chunk = read1(LINE_CHUNK, decode_content=True)
+        if not chunk:
+            return
+        yield chunk
+
+
 # --------------------------------------------------------------------------- the client
 
 def _sent_before_failure(exc: Exception) -> bool:
     """False when the connection never opened (nothing reached the server), else True."""
     if isinstance(exc, requests.exceptions.ConnectTimeout):
         return False
-    import urllib3.exceptions as u3
-
+    u3 = urllib3.exceptions
     seen = set()
     stack = [exc]
     while stack:
