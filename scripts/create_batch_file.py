@@ -95,8 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: req)")
     p.add_argument("--max-tokens", type=_positive_int, metavar="N",
                    help="answer length cap (max_output_tokens for responses)")
-    p.add_argument("--temperature", type=float, metavar="T")
-    p.add_argument("--top-p", type=float, metavar="P")
+    p.add_argument("--temperature", type=float, metavar="T",
+                   help="sampling temperature, e.g. 0 for the most likely answer")
+    p.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling, e.g. 0.9")
     p.add_argument("--stop", action="append", metavar="TEXT",
                    help="stop sequence (repeat for several)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=JSON",

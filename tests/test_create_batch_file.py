@@ -169,6 +169,46 @@ def test_stdin_guessed_and_explicit(tmp_path):
     assert code == 0 and env["mode"] == "batch"
 
 
+def test_system_and_template_from_files(tmp_path):
+    (tmp_path / "p.txt").write_text("Paris\n")
+    (tmp_path / "sys.txt").write_text("You are a geographer.\nAnswer in one word.\n")
+    (tmp_path / "tpl.txt").write_text("Which country has {prompt} as its capital?\n")
+    code, env = build(tmp_path, "p.txt", "-o", "o.jsonl", "--model", "m",
+                      "--system", "@sys.txt", "--template", "@tpl.txt")
+    assert code == 0
+    (line,) = lines_of(tmp_path / "o.jsonl")
+    assert line["body"]["messages"] == [
+        {"role": "system", "content": "You are a geographer.\nAnswer in one word."},
+        {"role": "user", "content": "Which country has Paris as its capital?"}]
+    code, env = build(tmp_path, "p.txt", "-o", "o.jsonl", "--model", "m",
+                      "--system", "@missing.txt")
+    assert code == 2 and "--system @missing.txt: cannot read missing.txt" in \
+        env["error"]["message"]
+
+
+def test_python_interface_builds_and_writes(tmp_path):
+    from dwbatch.build import BuildOptions, Template, build_request, write_requests
+    from dwbatch.errors import InputError
+
+    opts = BuildOptions(model="m", max_tokens=8)
+    result = write_requests((build_request(f"d{i}", f"text {i}", opts) for i in range(5)),
+                            str(tmp_path / "b.jsonl"), max_requests=2)
+    assert [s.requests for s in result.shards] == [2, 2, 1]
+    assert lines_of(tmp_path / "b-001.jsonl")[0]["body"]["max_tokens"] == 8
+    bad = [build_request("x", "a", opts), build_request("x", "b", opts),
+           build_request("y", "c", BuildOptions(model="m", temperature=float("nan")))]
+    with pytest.raises(InputError) as exc:
+        write_requests(bad, str(tmp_path / "c.jsonl"))
+    assert "<requests> line 2 (custom_id 'x'): duplicate" in exc.value.message
+    assert "<requests> line 3: cannot be written as JSON" in exc.value.message
+    assert not (tmp_path / "c.jsonl").exists()
+    t = Template("{{literal}} {a}-{b c}")
+    assert t.fields == ["a", "b c"] and t.render({"a": 1, "b c": "x"}) == "{literal} 1-x"
+    for broken in ("{", "{}", "a}", "{a{b}"):
+        with pytest.raises(InputError):
+            Template(broken)
+
+
 # --- every endpoint's body shape ----------------------------------------------------------
 SCHEMA = {"type": "object", "title": "Verdict", "properties": {"ok": {"type": "boolean"}},
           "required": ["ok"], "additionalProperties": False}
@@ -426,6 +466,16 @@ BAD_INPUTS = {
         "in.jsonl", '{"custom_id": "n", "method": "POST", "url": "/v1/chat/completions", '
                     '"body": {"model": "m", "temperature": NaN, "messages": []}}\n', [],
         ["(custom_id 'n'): not valid JSON: NaN is not valid JSON"]),
+    "unpaired surrogate in a record": (
+        "in.jsonl", '{"prompt": "bad \\ud800 text"}\n', ["--model", "m"],
+        ["in.jsonl line 1: contains an unpaired surrogate"]),
+    "--id-column on txt input": (
+        "in.txt", "Q\n", ["--model", "m", "--id-column", "id"],
+        ["--id-column 'id': in.txt has no columns"]),
+    "empty id in --id-column": (
+        "in.csv", "id,q\n,hello\n", ["--model", "m", "--id-column", "id",
+                                      "--prompt-column", "q"],
+        ["in.csv line 2: --id-column 'id' is empty"]),
     "json array broken": (
         "in.json", '[{"prompt": "a"},\n {"prompt": "b"}\n {"prompt": "c"}]',
         ["--model", "m"], ["in.json line 3: expected ',' or ']'"]),

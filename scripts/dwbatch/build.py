@@ -15,6 +15,11 @@ Public interface:
   build_body(prompt, opts) -> dict; build_request(custom_id, prompt, opts) -> dict;
   write_batch_files(source, out_path, opts, *, max_file_bytes, max_requests, max_problems)
       -> WriteResult(shards, removed, kind)
+  write_requests(requests, out_path, *, max_file_bytes, max_requests, max_problems)
+      -> WriteResult: for Python callers with request dicts of their own, e.g.
+        opts = BuildOptions(model="MODEL", max_tokens=256)
+        reqs = (build_request(f"doc-{i}", text, opts) for i, text in enumerate(texts))
+        write_requests(reqs, "batch.jsonl")
 """
 
 from __future__ import annotations
@@ -310,7 +315,8 @@ def build_request(custom_id: str, prompt: str, opts: BuildOptions) -> dict:
 
 def encode_line(request: dict) -> bytes:
     """The compact JSON line of a request (UTF-8, without newline)."""
-    return json.dumps(request, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return json.dumps(request, ensure_ascii=False, separators=(",", ":"),
+                      allow_nan=False).encode("utf-8")
 
 
 # --- from items to requests ------------------------------------------------------------------
@@ -430,18 +436,56 @@ def write_batch_files(source: Source, out_path: str, opts: BuildOptions | None =
             _pass_through(source, checker, stats, writer, max_file_bytes)
         else:
             _build_all(source, opts, checker, stats, writer, max_file_bytes)
-        if not report.ok:
-            raise InputError(
-                f"{source.name}: " + report.render() + "\nno output was written",
-                hint="fix the input and run the same command again",
-                extra={"problems": [p.to_dict() for p in report.problems],
-                       "problem_count": report.problem_count})
-        if writer.requests == 0:
-            raise InputError(f"{source.name} contains no requests (it is empty or has only "
-                             "blank lines); no output was written",
-                             hint="give an input with at least one prompt, row or record")
+        _raise_if_problems(report, writer, source.name)
         shards = writer.commit()
     return WriteResult(shards, writer.removed, source.kind)
+
+
+def write_requests(requests, out_path: str, *, max_file_bytes: int = limits.MAX_FILE_BYTES,
+                   max_requests: int = limits.MAX_REQUESTS,
+                   max_problems: int = limits.DEFAULT_MAX_PROBLEMS) -> WriteResult:
+    """Validate and write request dicts (e.g. from build_request) into OUT.jsonl or
+    OUT-001.jsonl...; problems name the request's position (1-based) as its line. All or
+    nothing, like write_batch_files."""
+    report = Report(max_problems=max_problems)
+    checker = Checker(report)
+    name = "<requests>"
+    stats = checker.begin_file(name)
+    with ShardWriter(out_path, max_file_bytes=max_file_bytes,
+                     max_requests=max_requests) as writer:
+        for n, request in enumerate(requests, 1):
+            _check_and_write(checker, stats, writer, request, name, n, max_file_bytes)
+        _raise_if_problems(report, writer, name)
+        shards = writer.commit()
+    return WriteResult(shards, writer.removed, "batch")
+
+
+def _raise_if_problems(report: Report, writer: ShardWriter, name: str) -> None:
+    if not report.ok:
+        raise InputError(
+            report.render() + "\nno output was written",
+            hint="fix the input and run the same command again",
+            extra={"problems": [p.to_dict() for p in report.problems],
+                   "problem_count": report.problem_count})
+    if writer.requests == 0:
+        raise InputError(f"{name} contains no requests (it is empty or has only "
+                         "blank lines); no output was written",
+                         hint="give an input with at least one prompt, row or record")
+
+
+def _check_and_write(checker: Checker, stats, writer: ShardWriter, request: Any, name: str,
+                     lineno: int, max_file_bytes: int) -> None:
+    try:
+        line = encode_line(request)
+    except UnicodeEncodeError:
+        checker.report.add(_surrogate_problem(name, lineno))
+        return
+    except (TypeError, ValueError) as exc:
+        checker.report.add(Problem(name, lineno, None, f"cannot be written as JSON: {exc}"))
+        return
+    info = checker.check_obj(stats, lineno, request, len(line))
+    if info is not None:
+        _write(writer, checker.report, line, info, name, lineno, max_file_bytes)
 
 
 def _write(writer: ShardWriter, report: Report, line: bytes, info, source: str, lineno: int,
@@ -465,16 +509,12 @@ def _pass_through(source: Source, checker: Checker, stats, writer: ShardWriter,
             if item.line == 1 and raw.startswith(_BOM):
                 raw = raw[len(_BOM):]
             info = checker.check_raw(stats, item.line, raw, item.offset)
-            line = raw.rstrip(b"\r\n")
+            if info is not None:
+                _write(writer, checker.report, raw.rstrip(b"\r\n"), info, source.name,
+                       item.line, max_file_bytes)
         else:
-            try:
-                line = encode_line(item.obj)
-            except UnicodeEncodeError:
-                checker.report.add(_surrogate_problem(source.name, item.line))
-                continue
-            info = checker.check_obj(stats, item.line, item.obj, len(line))
-        if info is not None:
-            _write(writer, checker.report, line, info, source.name, item.line, max_file_bytes)
+            _check_and_write(checker, stats, writer, item.obj, source.name, item.line,
+                             max_file_bytes)
 
 
 def _build_all(source: Source, opts: BuildOptions, checker: Checker, stats,
@@ -482,14 +522,8 @@ def _build_all(source: Source, opts: BuildOptions, checker: Checker, stats,
     builder = _ItemBuilder(source, opts)
     for ordinal, item in enumerate(source.items, 1):
         request = build_request(builder.custom_id(item, ordinal), builder.prompt(item), opts)
-        try:
-            line = encode_line(request)
-        except UnicodeEncodeError:
-            checker.report.add(_surrogate_problem(source.name, item.line))
-            continue
-        info = checker.check_obj(stats, item.line, request, len(line))
-        if info is not None:
-            _write(writer, checker.report, line, info, source.name, item.line, max_file_bytes)
+        _check_and_write(checker, stats, writer, request, source.name, item.line,
+                         max_file_bytes)
 
 
 def _surrogate_problem(name: str, line: int) -> Problem:

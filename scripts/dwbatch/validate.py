@@ -298,7 +298,7 @@ def _describe(err) -> str:
             if m:
                 text += f" (U+{ord(m.group()):04X} at character {m.start() + 1})"
         elif err.validator == "enum":
-            text += f", got {_short(err.instance)}"
+            text += f"; got {_short(err.instance)}"
     else:
         text = f"{loc or 'the line'}: {err.message}"
     if expected:
