@@ -156,3 +156,27 @@ def assert_no_key_in_tree(path: str | os.PathLike) -> None:
     for p in Path(path).rglob("*"):
         if p.is_file():
             assert TEST_KEY.encode() not in p.read_bytes(), f"API key written into {p}"
+
+
+def chat_line(custom_id: str, prompt: str, model: str = "sandbox-chat") -> dict:
+    """One /v1/chat/completions batch line (markers like [[fail:400]] go in the prompt)."""
+    return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": model, "messages": [{"role": "user", "content": prompt}]}}
+
+
+def create_batch_direct(sb: Sandbox, prompts: list[str], metadata: dict | None = None,
+                        window: str = "24h") -> dict:
+    """Upload a chat batch file and create its batch with plain HTTP (no project code)."""
+    import io
+
+    body = "".join(json.dumps(chat_line(f"r{i}", p)) + "\n" for i, p in enumerate(prompts))
+    r = sb.post("/files", files={"file": ("t.jsonl", io.BytesIO(body.encode()))},
+                data={"purpose": "batch"})
+    assert r.status_code == 201, r.text
+    payload = {"input_file_id": r.json()["id"], "endpoint": "/v1/chat/completions",
+               "completion_window": window}
+    if metadata:
+        payload["metadata"] = metadata
+    r = sb.post("/batches", json=payload)
+    assert r.status_code == 201, r.text
+    return r.json()

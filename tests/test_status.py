@@ -4,7 +4,6 @@ over many batches, ETA from progress samples, shard aggregation and rendering.""
 from __future__ import annotations
 
 import pytest
-
 from dwbatch import status
 
 
