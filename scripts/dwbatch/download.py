@@ -1,0 +1,507 @@
+"""Incremental, resumable downloads of a batch's output and error files.
+
+Why it is careful: results are expensive, and a download that breaks off must neither lose
+a line nor save one twice. So:
+- each request asks for `?skip=<lines already saved>` and the answer is trusted as the
+  service describes it (`X-Last-Line` = skip + lines in this answer, `X-Incomplete` = more
+  may come); header names are compared case-insensitively;
+- only complete lines (ending in "\\n") are appended to the raw copy; a torn last line is
+  dropped and asked for again;
+- after every append (and every CHECKPOINT_LINES lines of a long one) the raw file is fsynced
+  and then the counts (lines and bytes) are stored; on the next run a raw file longer than the
+  stored count (a crash between the two) is cut back to it, so the extra lines are fetched
+  again instead of duplicated;
+- servers without those headers (stock OpenAI-compatible ones) give the whole file once the
+  batch has ended: it is then downloaded whole into a temporary file and renamed into place;
+- everything streams to disk: memory does not grow with the file.
+
+The counts live in a `StateStore`: the job file's shard `downloaded` object, or a small JSON
+file beside the raw copies for batches fetched by bare id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from . import client as api_client
+from . import errors, jobfile
+from .fsutil import write_json_atomic
+
+CHECKPOINT_LINES = 100_000
+MAX_ATTEMPTS_WITHOUT_PROGRESS = 5
+KINDS = ("output", "error")
+
+
+# --------------------------------------------------------------------------- where counts live
+
+class StateStore:
+    """Where the download counts of one batch are kept between runs."""
+
+    def load(self) -> dict:
+        raise NotImplementedError
+
+    def save(self, state: dict) -> None:
+        raise NotImplementedError
+
+
+class JobShardStore(StateStore):
+    """The `downloaded` object of one shard of a job file (saved under the job file's lock)."""
+
+    def __init__(self, job_path: str, shard_index: int) -> None:
+        self.job_path = job_path
+        self.shard_index = shard_index
+
+    def load(self) -> dict:
+        job = jobfile.load_job(self.job_path)
+        return dict(jobfile.shard_by_index(job, self.shard_index).get("downloaded") or {})
+
+    def save(self, state: dict) -> None:
+        with jobfile.job_lock(self.job_path):
+            job = jobfile.load_job(self.job_path)
+            jobfile.shard_by_index(job, self.shard_index)["downloaded"] = dict(state)
+            jobfile.save_job(self.job_path, job)
+
+
+class SidecarStore(StateStore):
+    """A JSON file beside the raw copies, for batches fetched by bare id (no job file)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def load(self) -> dict:
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise errors.InputError(
+                f"download state {self.path} cannot be read ({exc})",
+                hint=f"delete {self.path} (the raw files beside it are then counted afresh)"
+            ) from None
+        return data.get("downloaded") or {} if isinstance(data, dict) else {}
+
+    def save(self, state: dict) -> None:
+        write_json_atomic(self.path, {"downloaded": state})
+
+
+# --------------------------------------------------------------------------- paths and locks
+
+def raw_paths(raw_dir: str, batch_id: str) -> dict[str, str]:
+    """Raw copies of one batch: output, error and (bare ids only) input lines."""
+    return {"output": os.path.join(raw_dir, f"{batch_id}.output.jsonl"),
+            "error": os.path.join(raw_dir, f"{batch_id}.errors.jsonl"),
+            "input": os.path.join(raw_dir, f"{batch_id}.input.jsonl"),
+            "state": os.path.join(raw_dir, f"{batch_id}.state.json")}
+
+
+@contextlib.contextmanager
+def raw_dir_lock(raw_dir: str, wait: float = 10.0) -> Iterator[None]:
+    """One download into a raw folder at a time (two would append the same lines twice)."""
+    os.makedirs(raw_dir, exist_ok=True)
+    lock_path = os.path.join(raw_dir, ".download.lock")
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise errors.DWError(
+                        f"another fetch_results.py is downloading into {raw_dir} "
+                        f"(it holds {lock_path})", code="download_busy",
+                        exit_code=errors.UNAVAILABLE,
+                        hint="wait for it to finish, then re-run this command") from None
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------- raw file upkeep
+
+def count_complete_lines(path: str) -> tuple[int, int]:
+    """(lines, bytes) of the complete lines at the start of a file, streamed."""
+    lines = end = pos = 0
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(1 << 20)
+            if not chunk:
+                break
+            n = chunk.count(b"\n")
+            if n:
+                lines += n
+                end = pos + chunk.rindex(b"\n") + 1
+            pos += len(chunk)
+    return lines, end
+
+
+def sync_raw_file(path: str, lines: int, nbytes: int, warn: Callable[[str], None]
+                  ) -> tuple[int, int]:
+    """Make the raw copy agree with the stored counts; return the counts to resume from.
+
+    Longer than recorded (a crash after the append, before the counts were stored): cut
+    back, the lines are fetched again. Shorter or missing (deleted by hand): count what is
+    there and resume after it.
+    """
+    size = os.path.getsize(path) if os.path.exists(path) else 0
+    if size == nbytes:
+        return lines, nbytes
+    if size > nbytes and (nbytes == 0 or _ends_line(path, nbytes)):
+        with open(path, "r+b") as f:
+            f.truncate(nbytes)
+            f.flush()
+            os.fsync(f.fileno())
+        return lines, nbytes
+    if size == 0:
+        if lines:
+            warn(f"note: raw copy {path} is gone; downloading that file again from the start")
+        return 0, 0
+    counted, complete_bytes = count_complete_lines(path)
+    if complete_bytes != size:
+        with open(path, "r+b") as f:
+            f.truncate(complete_bytes)
+    if lines:
+        warn(f"note: raw copy {path} does not match the recorded {lines} lines; resuming "
+             f"after the {counted} complete lines it holds")
+    return counted, complete_bytes
+
+
+def _ends_line(path: str, nbytes: int) -> bool:
+    with open(path, "rb") as f:
+        f.seek(nbytes - 1)
+        return f.read(1) == b"\n"
+
+
+# --------------------------------------------------------------------------- one file
+
+@dataclass
+class FileResult:
+    """What happened to one output or error file in this run."""
+
+    kind: str
+    file_id: str | None
+    lines: int = 0          # lines saved in total
+    new_lines: int = 0      # lines saved by this run
+    mode: str = "none"      # incremental | whole_file | not_ready | waiting_for_end | none
+    complete: bool = False  # the server said there is nothing more to come
+
+    def as_dict(self) -> dict:
+        return {"file_id": self.file_id, "lines": self.lines, "new_lines": self.new_lines,
+                "mode": self.mode, "complete": self.complete}
+
+
+class _Counts:
+    """The stored counts of one file kind inside the state dict, saved through the store."""
+
+    def __init__(self, state: dict, kind: str, store: StateStore) -> None:
+        self.state = state
+        self.kind = kind
+        self.store = store
+
+    @property
+    def lines(self) -> int:
+        return int(self.state.get(f"{self.kind}_lines") or 0)
+
+    @property
+    def bytes(self) -> int:
+        return int(self.state.get(f"{self.kind}_bytes") or 0)
+
+    def set(self, lines: int, nbytes: int, **extra) -> None:
+        self.state[f"{self.kind}_lines"] = lines
+        self.state[f"{self.kind}_bytes"] = nbytes
+        for key, value in extra.items():
+            self.state[f"{self.kind}_{key}"] = value
+        self.store.save(self.state)
+
+
+def _header_int(stream, name: str) -> int | None:
+    value = stream.header(name)
+    if value is None:
+        return None
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        return None
+
+
+def _append(stream, path: str, skip: int, nbytes: int, limit: int, counts: _Counts
+            ) -> tuple[int, int, bool]:
+    """Append up to `limit` complete lines of `stream` to `path`, saving counts as it goes.
+
+    Returns (lines appended, new byte count, interrupted?).
+    """
+    got = 0
+    interrupted = False
+    with open(path, "ab") as f:
+        try:
+            if limit > 0:
+                for line in stream:
+                    f.write(line)
+                    got += 1
+                    nbytes += len(line)
+                    if got >= limit:
+                        break
+                    if got % CHECKPOINT_LINES == 0:
+                        f.flush()
+                        os.fsync(f.fileno())
+                        counts.set(skip + got, nbytes)
+        except api_client.StreamInterrupted:
+            interrupted = True
+        finally:
+            f.flush()
+            os.fsync(f.fileno())
+            counts.set(skip + got, nbytes)
+    return got, nbytes, interrupted
+
+
+def download_file(api, file_id: str | None, path: str, kind: str, state: dict,
+                  store: StateStore, *, terminal: bool, start_over: str | None = None,
+                  max_retries: int = MAX_ATTEMPTS_WITHOUT_PROGRESS,
+                  warn: Callable[[str], None] = lambda m: None,
+                  sleep: Callable[[float], None] = time.sleep) -> FileResult:
+    """Bring the raw copy of one output/error file up to date; return what happened.
+
+    start_over: a reason to discard the raw copy and download the file from line 0.
+    max_retries: how many answers in a row may break off without a single new line.
+    """
+    result = FileResult(kind, file_id)
+    counts = _Counts(state, kind, store)
+    if not file_id:
+        result.mode = "waiting_for_end" if not terminal else "none"
+        return result
+    if state.get(f"{kind}_file_id") not in (None, file_id):
+        start_over = f"the {kind} file id changed ({state.get(f'{kind}_file_id')} -> {file_id})"
+    if start_over:
+        warn(f"note: {start_over}; downloading the {kind} file again from the start")
+        counts.set(0, 0, complete=False, mode=None, file_id=file_id)
+        _truncate(path)
+    lines, nbytes = sync_raw_file(path, counts.lines, counts.bytes, warn)
+    if (lines, nbytes) != (counts.lines, counts.bytes) or \
+            state.get(f"{kind}_file_id") != file_id:
+        counts.set(lines, nbytes, file_id=file_id)
+    result.lines = lines
+    if state.get(f"{kind}_mode") == "whole_file" and state.get(f"{kind}_complete") and terminal:
+        result.mode, result.complete = "whole_file", True
+        return result
+
+    stalled = 0
+    restarted = False
+    while True:
+        try:
+            stream = api.file_content(file_id, skip=lines)
+        except api_client.APIError as exc:
+            if exc.status == 404 and lines == 0:
+                result.mode = "not_ready"
+                return result
+            raise
+        with stream:
+            last = _header_int(stream, "X-Last-Line")
+            if last is None:
+                stream.close()
+                if not terminal:
+                    result.mode = "waiting_for_end"
+                    return result
+                return _whole_file(api, file_id, path, kind, counts, result, warn, sleep,
+                                   max_retries)
+            if last < lines:
+                if restarted:
+                    raise errors.DWError(
+                        f"{kind} file {file_id}: the server reports {last} lines but "
+                        f"{lines} were saved before, even after starting over",
+                        code="download_inconsistent", exit_code=errors.UNAVAILABLE,
+                        hint=f"delete {path} and re-run the same command")
+                warn(f"note: the server's {kind} file {file_id} now has fewer lines ({last}) "
+                     f"than were saved ({lines}) (a retry moved failed requests back to "
+                     "pending?); downloading it again from the start")
+                restarted = True
+                _truncate(path)
+                lines = nbytes = 0
+                counts.set(0, 0, complete=False)
+                continue
+            incomplete = str(stream.header("X-Incomplete") or "").strip().lower()
+            expected = last - lines
+            got, nbytes, _ = _append(stream, path, lines, nbytes, expected, counts)
+        lines += got
+        result.lines = lines
+        result.new_lines += got
+        result.mode = "incremental"
+        if got >= expected:
+            result.complete = incomplete == "false"
+            counts.set(lines, nbytes, complete=result.complete, mode="incremental")
+            return result
+        stalled = 0 if got else stalled + 1
+        if stalled > max_retries:
+            raise errors.DWError(
+                f"the download of {kind} file {file_id} kept breaking off at line "
+                f"{lines + 1} ({lines} lines are saved in {path})",
+                code="download_interrupted", exit_code=errors.UNAVAILABLE,
+                hint="re-run the same command later: it continues after the saved lines")
+        warn(f"note: the {kind} file download broke off after {lines} saved lines; "
+             "continuing from there")
+        sleep(min(0.1 * (2 ** stalled), 5.0))
+
+
+def _truncate(path: str) -> None:
+    if os.path.exists(path):
+        with open(path, "r+b") as f:
+            f.truncate(0)
+
+
+def download_whole(api, file_id: str, path: str, *, attempts: int = MAX_ATTEMPTS_WITHOUT_PROGRESS,
+                   sleep: Callable[[float], None] = time.sleep,
+                   warn: Callable[[str], None] = lambda m: None) -> tuple[int, int]:
+    """Download a whole file into `path` (temp file, then rename); returns (lines, bytes).
+
+    A last line without a newline is kept (with one added) when the body ended cleanly:
+    some servers do not end their files with a newline.
+    """
+    tmp = path + ".part"
+    for attempt in range(attempts):
+        lines = nbytes = 0
+        try:
+            with api.file_content(file_id) as stream, open(tmp, "wb") as f:
+                for line in stream:
+                    f.write(line)
+                    lines += 1
+                    nbytes += len(line)
+                if stream.partial:
+                    f.write(stream.partial + b"\n")
+                    lines += 1
+                    nbytes += len(stream.partial) + 1
+                f.flush()
+                os.fsync(f.fileno())
+        except api_client.StreamInterrupted:
+            warn(f"note: the download of file {file_id} broke off; starting it again")
+            sleep(min(0.1 * (2 ** attempt), 5.0))
+            continue
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        os.replace(tmp, path)
+        return lines, nbytes
+    with contextlib.suppress(OSError):
+        os.unlink(tmp)
+    raise errors.DWError(
+        f"the download of file {file_id} kept breaking off", code="download_interrupted",
+        exit_code=errors.UNAVAILABLE, hint="re-run the same command later")
+
+
+def _whole_file(api, file_id, path, kind, counts: _Counts, result: FileResult, warn, sleep,
+                max_retries: int) -> FileResult:
+    """Servers without partial-result headers: the whole file, once the batch has ended."""
+    before = counts.lines
+    lines, nbytes = download_whole(api, file_id, path, attempts=max_retries + 1, sleep=sleep,
+                                   warn=warn)
+    counts.set(lines, nbytes, complete=True, mode="whole_file", file_id=file_id)
+    result.lines = lines
+    result.new_lines = max(0, lines - before)
+    result.mode = "whole_file"
+    result.complete = True
+    return result
+
+
+# --------------------------------------------------------------------------- one batch
+
+@dataclass
+class BatchDownload:
+    """The raw copies of one batch after this run, and what the run did to them."""
+
+    batch_id: str
+    status: str | None
+    paths: dict
+    files: dict  # kind -> FileResult
+
+    def as_dict(self) -> dict:
+        return {"batch_id": self.batch_id, "status": self.status,
+                **{kind: res.as_dict() for kind, res in self.files.items()}}
+
+
+def download_batch(api, batch: dict, raw_dir: str, store: StateStore, *, terminal: bool,
+                   need_input: bool = False, refetch: tuple[str, ...] = (),
+                   max_retries: int = MAX_ATTEMPTS_WITHOUT_PROGRESS,
+                   warn: Callable[[str], None] = lambda m: None,
+                   sleep: Callable[[float], None] = time.sleep) -> BatchDownload:
+    """Bring the raw output and error copies (and, for bare ids, the input) up to date.
+
+    refetch: kinds ("error") to download again from line 0 whatever was saved.
+    """
+    batch_id = batch["id"]
+    paths = raw_paths(raw_dir, batch_id)
+    state = store.load()
+    state["batch_status"] = batch.get("status")
+    files = {}
+    if need_input:
+        files["input"] = _input_copy(api, batch, paths["input"], state, store, warn, sleep,
+                                     max_retries)
+    for kind in KINDS:
+        reason = (f"asked to check the {kind} file of batch {batch_id} again"
+                  if kind in refetch else _shrunk(batch, state, kind))
+        files[kind] = download_file(api, batch.get(f"{kind}_file_id"), paths[kind], kind,
+                                    state, store, terminal=terminal, start_over=reason,
+                                    max_retries=max_retries, warn=warn, sleep=sleep)
+    store.save(state)
+    return BatchDownload(batch_id, batch.get("status"), paths, files)
+
+
+_COUNT_OF_KIND = {"output": "completed", "error": "failed"}
+
+
+def _shrunk(batch: dict, state: dict, kind: str) -> str | None:
+    """Why the saved lines cannot all still be on the server, or None.
+
+    A batch's `/retry` moves failed requests back to pending and takes their lines out of the
+    error file, so the saved lines no longer line up with the server's: skip would then jump
+    over new lines. More saved lines than the batch counts is the sign.
+    """
+    counts = batch.get("request_counts") or {}
+    try:
+        total = int(counts.get("total") or 0)
+        have = int(counts.get(_COUNT_OF_KIND[kind]) or 0)
+    except (TypeError, ValueError):
+        return None
+    saved = int(state.get(f"{kind}_lines") or 0)
+    if total > 0 and saved > have:
+        return (f"{saved} {kind} lines were saved but batch {batch.get('id')} now counts "
+                f"{have} {_COUNT_OF_KIND[kind]} requests (a retry sent failed requests back?)")
+    return None
+
+
+def _input_copy(api, batch: dict, path: str, state: dict, store: StateStore, warn, sleep,
+                max_retries: int) -> FileResult:
+    """The batch's own input file, once: it gives the input order for bare batch ids."""
+    file_id = batch.get("input_file_id")
+    result = FileResult("input", file_id, mode="whole_file")
+    if not file_id:
+        raise errors.DWError(
+            f"batch {batch.get('id')} names no input_file_id, so its results cannot be put "
+            "back in input order", code="no_input_file", exit_code=errors.UNAVAILABLE,
+            hint="fetch it through the job file submit.py wrote instead")
+    recorded = state.get("input_file_id") == file_id and state.get("input_complete")
+    if recorded and os.path.exists(path) and os.path.getsize(path) == state.get("input_bytes"):
+        result.lines, result.complete = int(state.get("input_lines") or 0), True
+        return result
+    lines, nbytes = download_whole(api, file_id, path, attempts=max_retries + 1, sleep=sleep,
+                                   warn=warn)
+    state.update(input_file_id=file_id, input_lines=lines, input_bytes=nbytes,
+                 input_complete=True)
+    store.save(state)
+    result.lines = result.new_lines = lines
+    result.complete = True
+    return result

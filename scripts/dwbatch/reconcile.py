@@ -1,0 +1,709 @@
+"""Join downloaded results back to their requests: one record per request, in input order.
+
+Results arrive in completion order, failures live in a separate error file, a retried request
+can appear twice, and an original job plus its retry jobs each hold part of the answer. This
+module turns all of that into exactly one record per custom_id, in the order of the inputs.
+
+Memory stays flat for millions of requests: the inputs and the raw result files are indexed
+by byte offset in a temporary sqlite3 file, and the lines are re-read from disk (pread) when
+their record is written. Nothing holds every result in a dict.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import sqlite3
+import tempfile
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import jsonschema
+
+from .errors import InputError
+
+STATUSES = ("ok", "error", "truncated", "invalid_json", "schema_invalid", "pending", "missing")
+
+# Which candidate wins when one custom_id has several (a retried request, or an original job
+# plus retry jobs): lower is better. A still-pending retry beats an old failure so that the
+# failure is not retried twice; ties go to the later job, then to the later line.
+STATUS_RANK = {"ok": 0, "pending": 1, "truncated": 2, "schema_invalid": 3, "invalid_json": 4,
+               "error": 5, "missing": 6}
+
+TRUNCATION_REASONS = {"length", "max_tokens", "max_output_tokens"}
+# Batch statuses after which a request without a result will never get one.
+ENDED_UNSUCCESSFULLY = {"failed", "cancelled", "cancelling", "expired"}
+TERMINAL = {"completed"} | ENDED_UNSUCCESSFULLY
+
+ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses",
+             "/v1/messages")
+_ENDPOINT_CODE = {e: i for i, e in enumerate(ENDPOINTS)}
+
+# Flag bits stored per request line.
+_STRUCTURED = 1
+
+
+@dataclass
+class Source:
+    """One batch: its request lines and the raw output/error files downloaded so far.
+
+    job: position of the job on the command line (a later job supersedes an earlier one).
+    batch_status: the batch's last known status (None: not submitted yet).
+    """
+
+    input_path: str
+    output_path: str | None
+    error_path: str | None
+    batch_id: str | None
+    batch_status: str | None
+    job: int = 0
+    label: str = ""
+    expected_sha256: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.batch_status in TERMINAL
+
+
+@dataclass
+class Summary:
+    """What reconciliation produced, for the command's summary and exit code."""
+
+    counts: dict = field(default_factory=lambda: {s: 0 for s in STATUSES})
+    usage: dict = field(default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0,
+                                                 "total_tokens": 0})
+    records: int = 0
+    # missing records whose batch failed / was cancelled / expired (exit 5)
+    missing_from_ended: int = 0
+    # missing records of batches that completed (a result should exist): per batch id
+    missing_from_completed: dict = field(default_factory=dict)
+    unmatched_results: int = 0
+    duplicate_inputs: int = 0
+    superseded: int = 0
+
+
+# --------------------------------------------------------------------------------------------
+# Pure pieces: content, errors, structured output, classification of one result line.
+# --------------------------------------------------------------------------------------------
+
+def endpoint_of(url: str | None) -> str:
+    """The endpoint path of a request line's url ('/v1/...'), tolerant of a missing /v1."""
+    url = (url or "").split("?", 1)[0].rstrip("/")
+    if url and not url.startswith("/v1/"):
+        url = "/v1" + (url if url.startswith("/") else "/" + url)
+    return url
+
+
+def extract_content(endpoint: str, body: dict) -> dict:
+    """content / tool_calls / finish_reason / embedding from a successful response body."""
+    out: dict = {"content": None, "finish_reason": None}
+    if not isinstance(body, dict):
+        return out
+    if endpoint.endswith("/embeddings") or (
+            body.get("object") == "list" and isinstance(body.get("data"), list)
+            and "choices" not in body):
+        data = [d.get("embedding") for d in body.get("data") or [] if isinstance(d, dict)]
+        out["embedding"] = data[0] if len(data) == 1 else data
+        return out
+    if endpoint.endswith("/responses") or body.get("object") == "response":
+        texts, calls = [], []
+        for item in body.get("output") or []:
+            if not isinstance(item, dict):
+                continue
+            if item.get("type") == "message":
+                for part in item.get("content") or []:
+                    if isinstance(part, dict) and part.get("type") in ("output_text", "text"):
+                        texts.append(part.get("text") or "")
+            elif item.get("type") == "function_call":
+                calls.append(item)
+        if not texts and isinstance(body.get("output_text"), str):
+            texts.append(body["output_text"])
+        out["content"] = "".join(texts) if texts else None
+        if calls:
+            out["tool_calls"] = calls
+        if body.get("status") == "incomplete":
+            reason = (body.get("incomplete_details") or {}).get("reason")
+            out["finish_reason"] = "length" if reason in (None, "max_output_tokens") else reason
+        else:
+            out["finish_reason"] = body.get("status")
+        return out
+    if endpoint.endswith("/messages") or body.get("type") == "message":
+        texts, calls = [], []
+        for block in body.get("content") or []:
+            if isinstance(block, dict) and block.get("type") == "text":
+                texts.append(block.get("text") or "")
+            elif isinstance(block, dict) and block.get("type") == "tool_use":
+                calls.append(block)
+        out["content"] = "".join(texts) if texts else None
+        if calls:
+            out["tool_calls"] = calls
+        out["finish_reason"] = body.get("stop_reason")
+        return out
+    choices = body.get("choices") or []
+    first = choices[0] if choices and isinstance(choices[0], dict) else {}
+    out["finish_reason"] = first.get("finish_reason")
+    if "message" in first:  # chat
+        message = first.get("message") or {}
+        out["content"] = message.get("content")
+        if message.get("tool_calls"):
+            out["tool_calls"] = message["tool_calls"]
+    else:  # completions
+        out["content"] = first.get("text")
+    return out
+
+
+def _json_or_text(text):
+    if isinstance(text, str):
+        stripped = text.strip()
+        if stripped[:1] in ("{", "["):
+            try:
+                return json.loads(stripped)
+            except ValueError:
+                return text
+    return text
+
+
+def _message_from_body(body) -> str | None:
+    """The human message inside an upstream error body (OpenAI- or plain-style)."""
+    body = _json_or_text(body)
+    if isinstance(body, dict):
+        err = body.get("error")
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])
+        if isinstance(err, str) and body.get("message"):
+            return f"{err}: {body['message']}"
+        if body.get("message"):
+            return str(body["message"])
+        if isinstance(err, str):
+            return err
+        return json.dumps(body, ensure_ascii=False)
+    return None if body is None else str(body)
+
+
+def error_details(error) -> dict:
+    """Upstream status code, type and message of an error-file `error` object.
+
+    The service writes `message` as JSON text ({"type": ..., "details": {"status", "body"}});
+    other servers write plain text. Parse it when it is JSON, keep it as text when not.
+    """
+    if not isinstance(error, dict):
+        return {"code": None, "type": None, "status_code": None,
+                "message": None if error is None else str(error)}
+    out = {"code": error.get("code"), "type": None, "status_code": None, "message": None}
+    raw = error.get("message")
+    parsed = _json_or_text(raw)
+    if isinstance(parsed, dict):
+        out["type"] = parsed.get("type")
+        details = parsed.get("details")
+        if isinstance(details, dict):
+            status = details.get("status", details.get("status_code"))
+            out["status_code"] = status if isinstance(status, int) else None
+            out["message"] = _message_from_body(details.get("body")) or \
+                _message_from_body(details.get("message"))
+        elif isinstance(details, str):
+            out["message"] = details
+        if out["message"] is None:
+            out["message"] = _message_from_body(parsed.get("message")) or \
+                json.dumps(parsed, ensure_ascii=False)
+        out["details"] = parsed
+    else:
+        out["message"] = None if raw is None else str(raw)
+    return out
+
+
+def structured_schema(body: dict) -> tuple[bool, dict | None]:
+    """(asked for JSON?, the JSON Schema or None) of a request body, for every endpoint."""
+    if not isinstance(body, dict):
+        return False, None
+    candidates = [body.get("response_format")]
+    text = body.get("text")
+    if isinstance(text, dict):
+        candidates.append(text.get("format"))
+    candidates.append(body.get("output_format"))
+    config = body.get("output_config")
+    if isinstance(config, dict):
+        candidates.append(config.get("format"))
+    for fmt in candidates:
+        if not isinstance(fmt, dict):
+            continue
+        kind = fmt.get("type")
+        if kind == "json_schema":
+            inner = fmt.get("json_schema") if isinstance(fmt.get("json_schema"), dict) else fmt
+            schema = inner.get("schema")
+            return True, schema if isinstance(schema, dict) else None
+        if kind == "json_object":
+            return True, None
+    return False, None
+
+
+class _ValidatorCache:
+    """A few compiled validators, keyed by schema text (a batch usually shares one schema)."""
+
+    def __init__(self, size: int = 32) -> None:
+        self.size = size
+        self.items: OrderedDict[str, object] = OrderedDict()
+
+    def get(self, schema: dict):
+        key = json.dumps(schema, sort_keys=True)
+        validator = self.items.get(key)
+        if validator is None:
+            cls = jsonschema.validators.validator_for(schema)
+            try:
+                cls.check_schema(schema)
+                validator = cls(schema)
+            except jsonschema.SchemaError as exc:
+                validator = exc
+            self.items[key] = validator
+            if len(self.items) > self.size:
+                self.items.popitem(last=False)
+        else:
+            self.items.move_to_end(key)
+        return validator
+
+
+_VALIDATORS = _ValidatorCache()
+
+
+def _strip_fence(text: str) -> str:
+    s = text.strip()
+    if s.startswith("```") and s.endswith("```") and s.count("\n") >= 1:
+        s = s[s.index("\n") + 1:-3].strip()
+    return s
+
+
+def check_structured(content, schema: dict | None) -> tuple[str, object, dict | None]:
+    """(status, parsed JSON, error) of a structured-output answer against its schema."""
+    if not isinstance(content, str):
+        return "invalid_json", None, {"message": "the answer has no text to parse as JSON"}
+    try:
+        value = json.loads(_strip_fence(content))
+    except ValueError as exc:
+        return "invalid_json", None, {"message": f"the answer is not valid JSON: {exc}"}
+    if schema is None:
+        return "ok", value, None
+    validator = _VALIDATORS.get(schema)
+    if isinstance(validator, Exception):
+        return "schema_invalid", value, {
+            "message": f"the request's own JSON Schema is invalid: {validator.message}"}
+    error = jsonschema.exceptions.best_match(validator.iter_errors(value))
+    if error is None:
+        return "ok", value, None
+    path = "$" + "".join(f"[{p!r}]" if isinstance(p, str) else f"[{p}]"
+                         for p in error.absolute_path)
+    return "schema_invalid", value, {
+        "message": f"the answer does not match the request's JSON Schema at {path}: "
+                   f"{error.message}",
+        "path": list(error.absolute_path), "validator": error.validator}
+
+
+def _maybe_json(content):
+    """The parsed content when it is a JSON object/array (optionally in a ``` fence)."""
+    if not isinstance(content, str):
+        return None
+    s = _strip_fence(content)
+    if s[:1] not in ("{", "["):
+        return None
+    try:
+        return json.loads(s)
+    except ValueError:
+        return None
+
+
+def classify(kind: str, line: dict, request_body: dict | None, endpoint: str) -> dict:
+    """The record fields (without custom_id/batch_id) of one output- or error-file line."""
+    rec: dict = {"status": "error", "content": None, "finish_reason": None, "usage": None,
+                 "error": None}
+    response = line.get("response") if isinstance(line, dict) else None
+    error = line.get("error") if isinstance(line, dict) else None
+    if kind == "error" or not isinstance(response, dict):
+        rec["error"] = error_details(error if error is not None else
+                                     "the result line has neither a response nor an error")
+        return rec
+    status_code = response.get("status_code")
+    body = response.get("body")
+    if isinstance(body, str):
+        body = _json_or_text(body)
+    if isinstance(body, dict):
+        rec["usage"] = body.get("usage")
+    if (isinstance(status_code, int) and status_code >= 400) or error:
+        rec["error"] = {"code": None, "type": "HttpStatus", "status_code": status_code,
+                        "message": _message_from_body(body) if body is not None else
+                        error_details(error)["message"]}
+        if error:
+            rec["error"]["details"] = error
+        return rec
+    rec.update(extract_content(endpoint, body if isinstance(body, dict) else {}))
+    if rec["finish_reason"] in TRUNCATION_REASONS:
+        rec["status"] = "truncated"
+        parsed = _maybe_json(rec["content"])
+        if parsed is not None:
+            rec["json"] = parsed
+        return rec
+    asked, schema = structured_schema(request_body) if request_body else (False, None)
+    if asked:
+        status, value, err = check_structured(rec["content"], schema)
+        rec["status"] = status
+        if value is not None:
+            rec["json"] = value
+        rec["error"] = err
+        return rec
+    rec["status"] = "ok"
+    parsed = _maybe_json(rec["content"])
+    if parsed is not None:
+        rec["json"] = parsed
+    return rec
+
+
+def _int_of(usage: dict, first: str, second: str | None = None) -> int:
+    value = usage.get(first)
+    if value is None and second is not None:
+        value = usage.get(second)
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
+
+
+def usage_numbers(usage) -> tuple[int, int, int]:
+    """(prompt, completion, total) tokens of any endpoint's usage object."""
+    if not isinstance(usage, dict):
+        return 0, 0, 0
+    prompt = _int_of(usage, "prompt_tokens", "input_tokens")
+    completion = _int_of(usage, "completion_tokens", "output_tokens")
+    total = _int_of(usage, "total_tokens") or prompt + completion
+    return prompt, completion, total
+
+
+# --------------------------------------------------------------------------------------------
+# The index: inputs and results by byte offset in a temporary sqlite3 file.
+# --------------------------------------------------------------------------------------------
+
+_SCHEMA = """
+CREATE TABLE req (seq INTEGER PRIMARY KEY, cid TEXT NOT NULL UNIQUE);
+CREATE TABLE inp (cid TEXT NOT NULL, src INTEGER NOT NULL, off INTEGER NOT NULL,
+                  len INTEGER NOT NULL, lineno INTEGER NOT NULL, ep INTEGER NOT NULL,
+                  flags INTEGER NOT NULL, PRIMARY KEY (cid, src)) WITHOUT ROWID;
+CREATE TABLE res (cid TEXT NOT NULL, src INTEGER NOT NULL, fno INTEGER NOT NULL,
+                  off INTEGER NOT NULL, len INTEGER NOT NULL);
+"""
+
+_BATCH_ROWS = 20000
+
+
+# Fast paths for the common line shapes: a top-level key reached through simple leading
+# pairs only ("id":"…", "custom_id":"…", "method":"…", …) is provably the top-level value, so
+# it can be read without parsing the whole line. Anything else falls back to json.loads.
+_SIMPLE_PREFIX = rb'^\{\s*(?:"[A-Za-z_]\w*"\s*:\s*(?:"[^"\\]*"|null|-?\d+)\s*,\s*)*?'
+_CID_RE = re.compile(_SIMPLE_PREFIX + rb'"custom_id"\s*:\s*"([^"\\]*)"')
+_URL_RE = re.compile(_SIMPLE_PREFIX + rb'"url"\s*:\s*"([^"\\]*)"')
+# Words whose absence proves a request line asks for no structured output.
+_STRUCTURED_WORDS = (b'"response_format"', b'"output_format"', b'"output_config"', b'"text"')
+_decode = json.JSONDecoder().decode
+
+
+def loads(line: bytes):
+    """json.loads for a UTF-8 line, without the encoding sniffing."""
+    return _decode(line.decode("utf-8"))
+
+
+def _fast_custom_id(line: bytes) -> str | None:
+    m = _CID_RE.match(line)
+    if m is None:
+        return None
+    try:
+        return m.group(1).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _iter_lines(path: str) -> Iterator[tuple[int, int, bytes]]:
+    """(line number, byte offset, line) of every line of a file, streamed."""
+    offset = 0
+    with open(path, "rb") as f:
+        for lineno, line in enumerate(f, 1):
+            yield lineno, offset, line
+            offset += len(line)
+
+
+def _fast_request_fields(line: bytes) -> tuple[str | None, int, int]:
+    """(custom_id, endpoint code, flags) without parsing, or (None, 0, 0): parse it then."""
+    if any(word in line for word in _STRUCTURED_WORDS):
+        return None, 0, 0
+    cid = _fast_custom_id(line)
+    m = _URL_RE.match(line)
+    if cid is None or m is None:
+        return None, 0, 0
+    code = _ENDPOINT_CODE.get(endpoint_of(m.group(1).decode("utf-8", "replace")))
+    if code is None:
+        return None, 0, 0
+    return cid, code, 0
+
+
+def _input_flags(obj: dict) -> tuple[int, int]:
+    body = obj.get("body")
+    url = obj.get("url")
+    ep = _ENDPOINT_CODE.get(endpoint_of(url) if isinstance(url, str) else "", 0)
+    flags = _STRUCTURED if structured_schema(body)[0] else 0
+    return ep, flags
+
+
+class Index:
+    """The sqlite3 index of one reconciliation; a temporary file removed on close."""
+
+    def __init__(self, sources: list[Source], tmp_dir: str | None = None) -> None:
+        self.sources = sources
+        fd, self.path = tempfile.mkstemp(prefix="dwbatch-reconcile-", suffix=".sqlite",
+                                         dir=tmp_dir)
+        os.close(fd)
+        self.db = sqlite3.connect(self.path)
+        for pragma in ("journal_mode=OFF", "synchronous=OFF", "temp_store=FILE",
+                       "cache_size=-65536", "locking_mode=EXCLUSIVE"):
+            self.db.execute(f"PRAGMA {pragma}")
+        self.db.executescript(_SCHEMA)
+        self.result_files: list[tuple[str, str, int]] = []  # (path, kind, src)
+        self.duplicate_inputs = 0
+        self.unmatched_results = 0
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.db.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+
+    # -- inputs ---------------------------------------------------------------------------
+    def add_inputs(self, src: int, source: Source) -> int:
+        """Index every request line of one source; returns the number of requests."""
+        digest = hashlib.sha256()
+        req_rows, inp_rows, count = [], [], 0
+        path = source.input_path
+        if not os.path.exists(path):
+            raise InputError(
+                f"input file {path} of {source.label or 'the job'} does not exist",
+                hint="the job file's shard paths are relative to the job file: keep the "
+                     "input files beside it (or fetch by bare batch id)")
+        for lineno, off, line in _iter_lines(path):
+            digest.update(line)
+            if not line.strip():
+                continue
+            cid, ep, flags = _fast_request_fields(line)
+            if cid is None:
+                try:
+                    obj = loads(line)
+                    cid = obj["custom_id"]
+                    if not isinstance(cid, str):
+                        raise TypeError("custom_id is not a string")
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise InputError(
+                        f"{path} line {lineno}: not a batch request line with a custom_id "
+                        f"({exc})", hint="the input file must be the JSONL file that was "
+                                         "submitted; it seems to have been changed") from None
+                ep, flags = _input_flags(obj)
+            req_rows.append((cid,))
+            inp_rows.append((cid, src, off, len(line), lineno, ep, flags))
+            count += 1
+            if len(inp_rows) >= _BATCH_ROWS:
+                self._flush_inputs(req_rows, inp_rows)
+        self._flush_inputs(req_rows, inp_rows)
+        if source.expected_sha256 and digest.hexdigest() != source.expected_sha256:
+            raise InputError(
+                f"input file {path} changed since it was submitted (sha256 differs from the "
+                f"job file's record for batch {source.batch_id})",
+                hint="results are joined to the submitted lines: restore the original file "
+                     "(or fetch by bare batch id, which downloads the batch's own input)")
+        return count
+
+    def _flush_inputs(self, req_rows: list, inp_rows: list) -> None:
+        if not inp_rows:
+            return
+        self.db.executemany("INSERT OR IGNORE INTO req (cid) VALUES (?)", req_rows)
+        before = self.db.total_changes
+        self.db.executemany("INSERT OR IGNORE INTO inp VALUES (?,?,?,?,?,?,?)", inp_rows)
+        self.duplicate_inputs += len(inp_rows) - (self.db.total_changes - before)
+        req_rows.clear()
+        inp_rows.clear()
+
+    # -- results --------------------------------------------------------------------------
+    def add_results(self, src: int, path: str | None, kind: str) -> int:
+        """Index every line of one raw output or error file; returns the number of lines."""
+        if not path or not os.path.exists(path):
+            return 0
+        fno = len(self.result_files)
+        self.result_files.append((path, kind, src))
+        rows, count = [], 0
+        for lineno, off, line in _iter_lines(path):
+            if not line.endswith(b"\n"):
+                break  # never a torn line: the downloader only appends complete ones
+            if not line.strip():
+                continue
+            try:
+                cid = _fast_custom_id(line)
+                if cid is None:
+                    cid = loads(line).get("custom_id")
+            except (ValueError, AttributeError):
+                raise InputError(
+                    f"{path} line {lineno}: not a JSON result line",
+                    hint=f"delete {path} and fetch again to download it afresh") from None
+            if not isinstance(cid, str):
+                self.unmatched_results += 1
+                continue
+            rows.append((cid, src, fno, off, len(line)))
+            count += 1
+            if len(rows) >= _BATCH_ROWS:
+                self.db.executemany("INSERT INTO res VALUES (?,?,?,?,?)", rows)
+                rows.clear()
+        if rows:
+            self.db.executemany("INSERT INTO res VALUES (?,?,?,?,?)", rows)
+        return count
+
+    def finish(self) -> None:
+        self.db.execute("CREATE INDEX res_cid ON res (cid, src)")
+        # results whose custom_id is not among their own batch's inputs
+        self.unmatched_results += self.db.execute(
+            "SELECT COUNT(*) FROM res WHERE NOT EXISTS "
+            "(SELECT 1 FROM inp WHERE inp.cid = res.cid AND inp.src = res.src)").fetchone()[0]
+        self.db.commit()
+
+    def rows(self) -> Iterator[tuple[int, str, list[tuple]]]:
+        """(seq, custom_id, [(src, in_off, in_len, ep, flags, fno|None, off, len)…]) in order."""
+        cur = self.db.execute(
+            "SELECT r.seq, r.cid, i.src, i.off, i.len, i.ep, i.flags, x.fno, x.off, x.len "
+            "FROM req r JOIN inp i ON i.cid = r.cid "
+            "LEFT JOIN res x ON x.cid = i.cid AND x.src = i.src ORDER BY r.seq")
+        current_seq, current_cid, group = None, None, []
+        for seq, cid, *rest in cur:
+            if seq != current_seq:
+                if group:
+                    yield current_seq, current_cid, group
+                current_seq, current_cid, group = seq, cid, []
+            group.append(tuple(rest))
+        if group:
+            yield current_seq, current_cid, group
+
+
+class _Reader:
+    """pread of lines by offset, with one open descriptor per file."""
+
+    def __init__(self) -> None:
+        self.fds: dict[str, int] = {}
+
+    def read(self, path: str, off: int, length: int) -> bytes:
+        fd = self.fds.get(path)
+        if fd is None:
+            fd = self.fds[path] = os.open(path, os.O_RDONLY)
+        return os.pread(fd, length, off)
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds.clear()
+
+
+# --------------------------------------------------------------------------------------------
+# Reconciliation
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class Chosen:
+    """The winning record of one custom_id, and where its request line lives."""
+
+    record: dict
+    source: Source
+    input_offset: int
+    input_length: int
+    reader: _Reader
+
+    def request_line(self) -> bytes:
+        """The original request line, byte for byte, without its line ending."""
+        return self.reader.read(self.source.input_path, self.input_offset,
+                                self.input_length).rstrip(b"\r\n")
+
+
+def _no_result_record(source: Source) -> dict:
+    rec = {"status": "pending", "content": None, "finish_reason": None, "usage": None,
+           "error": None}
+    if source.batch_status is None:
+        rec["error"] = {"message": f"{source.label or 'this shard'} has not been submitted "
+                                   "yet: run submit.py on the job again"}
+    elif source.finished:
+        rec["status"] = "missing"
+        if source.batch_status in ENDED_UNSUCCESSFULLY:
+            why = f"batch {source.batch_id} ended '{source.batch_status}' before this " \
+                  "request produced a result"
+        else:
+            why = f"batch {source.batch_id} is '{source.batch_status}' but neither its " \
+                  "output nor its error file has a line for this request"
+        rec["error"] = {"message": why}
+    return rec
+
+
+def reconcile(sources: list[Source], on_record: Callable[[Chosen], None],
+              tmp_dir: str | None = None,
+              progress: Callable[[str], None] | None = None) -> Summary:
+    """Call `on_record` once per request (union of all sources), in input order.
+
+    Sources are listed job by job; the first job's input order decides the order, and
+    custom_ids that only later jobs have follow in their order.
+    """
+    summary = Summary()
+    index = Index(sources, tmp_dir)
+    reader = _Reader()
+    try:
+        for src, source in enumerate(sources):
+            index.add_inputs(src, source)
+            index.add_results(src, source.output_path, "output")
+            index.add_results(src, source.error_path, "error")
+            if progress:
+                progress(f"indexed {source.label or source.input_path}")
+        index.finish()
+        summary.duplicate_inputs = index.duplicate_inputs
+        summary.unmatched_results = index.unmatched_results
+        for _seq, cid, group in index.rows():
+            best = None
+            best_key = None
+            for (src, in_off, in_len, ep, flags, fno, r_off, r_len) in group:
+                source = sources[src]
+                if fno is None:
+                    rec = _no_result_record(source)
+                    order = (source.job, -1)
+                else:
+                    path, kind, _ = index.result_files[fno]
+                    line = loads(reader.read(path, r_off, r_len))
+                    body = None
+                    if flags & _STRUCTURED:
+                        body = loads(reader.read(source.input_path, in_off,
+                                                 in_len)).get("body")
+                    rec = classify(kind, line, body, ENDPOINTS[ep])
+                    order = (source.job, fno, r_off)
+                key = (-STATUS_RANK[rec["status"]], order)
+                if best_key is None or key > best_key:
+                    if best_key is not None:
+                        summary.superseded += 1
+                    best, best_key = (rec, source, in_off, in_len), key
+                else:
+                    summary.superseded += 1
+            rec, source, in_off, in_len = best
+            record = {"custom_id": cid, **rec, "batch_id": source.batch_id}
+            _count(summary, record, source)
+            on_record(Chosen(record, source, in_off, in_len, reader))
+    finally:
+        reader.close()
+        index.close()
+    return summary
+
+
+def _count(summary: Summary, record: dict, source: Source) -> None:
+    summary.records += 1
+    summary.counts[record["status"]] += 1
+    if record["status"] == "missing":
+        if source.batch_status in ENDED_UNSUCCESSFULLY:
+            summary.missing_from_ended += 1
+        else:
+            done = summary.missing_from_completed
+            done[source.batch_id] = done.get(source.batch_id, 0) + 1
+    p, c, t = usage_numbers(record.get("usage"))
+    summary.usage["prompt_tokens"] += p
+    summary.usage["completion_tokens"] += c
+    summary.usage["total_tokens"] += t
+

@@ -1,0 +1,101 @@
+"""Write reconciled records as JSONL or CSV, atomically (old complete file or new one)."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+from collections.abc import Iterator
+
+from .fsutil import atomic_open
+from .reconcile import usage_numbers
+
+FORMATS = ("jsonl", "csv")
+
+# The CSV's columns: the contract's record flattened; nested values as JSON text.
+CSV_COLUMNS = ("custom_id", "status", "content", "finish_reason", "prompt_tokens",
+               "completion_tokens", "total_tokens", "error_type", "error_status_code",
+               "error_message", "batch_id", "json", "tool_calls", "embedding")
+
+
+def _json_text(value) -> str:
+    return "" if value is None else json.dumps(value, ensure_ascii=False)
+
+
+def csv_row(record: dict) -> list:
+    """One CSV row of a record."""
+    prompt, completion, total = usage_numbers(record.get("usage"))
+    has_usage = isinstance(record.get("usage"), dict)
+    error = record.get("error") or {}
+    content = record.get("content")
+    return [
+        record.get("custom_id"), record.get("status"),
+        "" if content is None else content,
+        record.get("finish_reason") or "",
+        prompt if has_usage else "", completion if has_usage else "",
+        total if has_usage else "",
+        error.get("type") or "", "" if error.get("status_code") is None else
+        error["status_code"], error.get("message") or "",
+        record.get("batch_id") or "",
+        _json_text(record.get("json")) if "json" in record else "",
+        _json_text(record.get("tool_calls")), _json_text(record.get("embedding")),
+    ]
+
+
+class _JsonlWriter:
+    def __init__(self, f) -> None:
+        self.f = f
+
+    def write(self, record: dict) -> None:
+        self.f.write(json.dumps(record, ensure_ascii=False))
+        self.f.write("\n")
+
+
+class _CsvWriter:
+    def __init__(self, f) -> None:
+        self.w = csv.writer(f)
+        self.w.writerow(CSV_COLUMNS)
+
+    def write(self, record: dict) -> None:
+        self.w.writerow(csv_row(record))
+
+
+@contextlib.contextmanager
+def results_writer(path: str, fmt: str = "jsonl") -> Iterator[_JsonlWriter | _CsvWriter]:
+    """A writer with .write(record); the file appears at `path` only when complete."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    newline = "" if fmt == "csv" else None
+    with atomic_open(path, "w", newline=newline) as f:
+        yield _JsonlWriter(f) if fmt == "jsonl" else _CsvWriter(f)
+
+
+def format_from_path(path: str | None, default: str = "jsonl") -> str:
+    """jsonl or csv, guessed from a file name (for -o without --format)."""
+    if path and path.lower().endswith(".csv"):
+        return "csv"
+    return default
+
+
+def reconcile_to_files(sources, results_path: str, fmt: str, retry_writer=None,
+                       tmp_dir: str | None = None, progress=None):
+    """Reconcile `sources` into the results file (and the retry file); returns the Summary.
+
+    Both files appear complete or not at all: on any failure the results file keeps its
+    previous version and no partial retry file is left behind.
+    """
+    from .reconcile import reconcile
+
+    try:
+        with results_writer(results_path, fmt) as out:
+            def on_record(chosen):
+                out.write(chosen.record)
+                if retry_writer is not None and retry_writer.wants(chosen.record):
+                    retry_writer.add(chosen.record, chosen.request_line())
+
+            summary = reconcile(sources, on_record, tmp_dir=tmp_dir, progress=progress)
+    except BaseException:
+        if retry_writer is not None:
+            retry_writer.abort()
+        raise
+    return summary

@@ -1,0 +1,134 @@
+"""The retry file: the original request lines of every record that needs another try.
+
+The lines are copied byte for byte from the submitted input (so custom_ids stay the same and a
+later fetch of original + retry job merges them), except that `truncated` requests can get a
+larger token limit. The file is a plain batch file that submit.py accepts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from dataclasses import dataclass, field
+
+from .errors import InputError
+from .fsutil import atomic_open
+from .reconcile import endpoint_of, usage_numbers
+
+RETRYABLE = ("error", "truncated", "invalid_json", "schema_invalid", "missing")
+
+
+def parse_statuses(text: str | None) -> tuple[str, ...]:
+    """The statuses named in a comma list (default: every retryable one)."""
+    if not text:
+        return RETRYABLE
+    picked = tuple(s.strip() for s in text.split(",") if s.strip())
+    bad = [s for s in picked if s not in RETRYABLE]
+    if bad or not picked:
+        raise InputError(
+            f"--retry-status: {', '.join(bad) or '(empty)'} is not a retryable status",
+            hint=f"use a comma list of: {','.join(RETRYABLE)}")
+    return picked
+
+
+@dataclass(frozen=True)
+class TokenRaise:
+    """How to raise the token limit of truncated requests: a factor ('2x') or a number."""
+
+    factor: float | None = None
+    absolute: int | None = None
+
+    @classmethod
+    def parse(cls, text: str | None) -> TokenRaise | None:
+        if not text:
+            return None
+        t = text.strip().lower()
+        try:
+            if t.endswith("x"):
+                factor = float(t[:-1])
+                if factor > 1:
+                    return cls(factor=factor)
+            else:
+                value = int(t)
+                if value > 0:
+                    return cls(absolute=value)
+        except ValueError:
+            pass
+        raise InputError(
+            f"--truncated-max-tokens: {text!r} is neither a factor above 1 (e.g. 2x) nor a "
+            "positive token count (e.g. 4096)",
+            hint="example: --truncated-max-tokens 2x")
+
+
+def _token_field(endpoint: str, body: dict) -> str:
+    if endpoint.endswith("/responses"):
+        return "max_output_tokens"
+    if endpoint.endswith("/chat/completions") and "max_completion_tokens" in body:
+        return "max_completion_tokens"
+    return "max_tokens"
+
+
+def raise_max_tokens(line: bytes, record: dict, how: TokenRaise) -> bytes:
+    """The request line with its token limit raised (re-serialised as compact JSON)."""
+    obj = json.loads(line)
+    body = obj.get("body")
+    if not isinstance(body, dict):
+        return line
+    key = _token_field(endpoint_of(obj.get("url")), body)
+    current = body.get(key)
+    if how.absolute is not None:
+        new = how.absolute if not isinstance(current, int) else max(how.absolute, current)
+    else:
+        base = current if isinstance(current, int) and current > 0 else \
+            usage_numbers(record.get("usage"))[1]
+        if base <= 0:
+            return line
+        new = math.ceil(base * how.factor)
+    body[key] = new
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+@dataclass
+class RetryWriter:
+    """Streams retry lines into `path` atomically; with no line, no file (a stale one goes)."""
+
+    path: str
+    statuses: tuple[str, ...] = RETRYABLE
+    raise_tokens: TokenRaise | None = None
+    counts: dict = field(default_factory=dict)
+    lines: int = 0
+    _stack: contextlib.ExitStack | None = None
+    _f: object = None
+
+    def wants(self, record: dict) -> bool:
+        return record["status"] in self.statuses
+
+    def add(self, record: dict, line: bytes) -> None:
+        if not self.wants(record):
+            return
+        if self._f is None:
+            self._stack = contextlib.ExitStack()
+            self._f = self._stack.enter_context(atomic_open(self.path, "wb"))
+        if record["status"] == "truncated" and self.raise_tokens is not None:
+            line = raise_max_tokens(line, record, self.raise_tokens)
+        self._f.write(line + b"\n")
+        self.lines += 1
+        self.counts[record["status"]] = self.counts.get(record["status"], 0) + 1
+
+    def commit(self) -> str | None:
+        """Finish the file; returns its path, or None when nothing needed a retry."""
+        if self._stack is not None:
+            self._stack.close()
+            self._stack = None
+            return self.path
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        return None
+
+    def abort(self) -> None:
+        if self._stack is not None:
+            with contextlib.suppress(BaseException):
+                self._stack.__exit__(RuntimeError, RuntimeError("aborted"), None)
+            self._stack = None

@@ -1,0 +1,427 @@
+"""fetch_results.py end to end: the real script as a subprocess, real HTTP, the sandbox and
+its faults. Batches move only when a test advances them (--manual), so every partial state
+is deterministic; the sandbox's prompt-derived answers ("ECHO " + prompt) prove each record
+was joined to its own request."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from conftest import (
+    TEST_KEY,
+    assert_no_key_in_tree,
+    run_json,
+    run_script,
+    script_env,
+    start_sandbox,
+)
+
+SCHEMA = {"type": "object", "properties": {"answer": {"type": "string"}},
+          "required": ["answer"], "additionalProperties": False}
+
+
+@pytest.fixture(scope="module")
+def shared_sandbox():
+    sb = start_sandbox("--enable-faults", "--manual", "--seed", "7")
+    yield sb
+    sb.stop()
+
+
+@pytest.fixture
+def sb(shared_sandbox):
+    """One manual sandbox for the whole file (faults cleared around every test)."""
+    shared_sandbox.clear_faults()
+    yield shared_sandbox
+    shared_sandbox.clear_faults()
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+def chat_line(cid: str, prompt: str, **body) -> dict:
+    return {"custom_id": cid, "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": "sandbox-chat", "messages": [{"role": "user", "content": prompt}],
+                     **body}}
+
+
+def write_lines(path: Path, lines: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return path
+
+
+def submit(sb, path: Path) -> tuple[Path, str]:
+    code, out = run_json("submit.py", path.name, env=script_env(sb.base_url), cwd=path.parent)
+    assert code == 0, out
+    job = path.parent / out["job"]
+    return job, out["batch_ids"][0]
+
+
+def fetch(sb, cwd: Path, *args: str) -> tuple[int, dict]:
+    return run_json("fetch_results.py", *args, env=script_env(sb.base_url), cwd=cwd)
+
+
+def records(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def raw_lines(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_bytes().splitlines()]
+
+
+def prompts_of(n: int, prefix: str = "prompt") -> list[str]:
+    return [f"{prefix} {i} {'word ' * (i % 3)}".strip() for i in range(n)]
+
+
+def content_calls(sb, batch_file_id: str | None = None) -> list[dict]:
+    return [c for c in sb.calls() if c["path"].endswith("/content")
+            and (batch_file_id is None or batch_file_id in c["path"])]
+
+
+def job_shard(job: Path) -> dict:
+    return json.loads(job.read_text())["shards"][0]
+
+
+# --- tests -----------------------------------------------------------------------------------
+
+def test_out_of_order_output_is_joined_to_its_own_requests(sb, tmp_path):
+    prompts = prompts_of(25)
+    src = write_lines(tmp_path / "p.jsonl", [chat_line(f"r{i}", p) for i, p in enumerate(prompts)])
+    job, batch_id = submit(sb, src)
+    sb.advance(batch_id)
+    code, out = fetch(sb, tmp_path, job.name)
+    assert code == 0 and out["ok"] and out["next"] is None, out
+    recs = records(tmp_path / "p.results.jsonl")
+    assert [r["custom_id"] for r in recs] == [f"r{i}" for i in range(25)]
+    for rec, prompt in zip(recs, prompts, strict=True):
+        assert rec["status"] == "ok" and rec["content"] == "ECHO " + prompt
+        assert rec["batch_id"] == batch_id and rec["usage"]["total_tokens"] > 0
+    raw = raw_lines(tmp_path / "p.raw" / f"{batch_id}.output.jsonl")
+    assert [r["custom_id"] for r in raw] != [f"r{i}" for i in range(25)]  # really shuffled
+    assert sorted(r["custom_id"] for r in raw) == sorted(f"r{i}" for i in range(25))
+    assert out["counts"]["ok"] == 25 and out["retry_file"] is None
+    assert out["usage"]["total_tokens"] == sum(r["usage"]["total_tokens"] for r in recs)
+    assert not (tmp_path / "p.retry.jsonl").exists()
+    assert_no_key_in_tree(tmp_path)
+
+
+def test_fetch_during_the_run_then_again_then_at_the_end(sb, tmp_path):
+    n = 30
+    src = write_lines(tmp_path / "p.jsonl", [chat_line(f"r{i}", f"q {i}") for i in range(n)])
+    job, batch_id = submit(sb, src)
+    sb.calls()
+    code, out = fetch(sb, tmp_path, job.name)  # validating: nothing yet
+    assert code == 3 and out["counts"]["pending"] == n
+    assert out["next"].endswith("fetch_results.py p.job.json --json")
+    sb.advance(batch_id, 10)
+    code, out = fetch(sb, tmp_path, job.name)
+    assert code == 3 and out["counts"]["ok"] == 10 and out["counts"]["pending"] == 20
+    assert job_shard(job)["downloaded"]["output_lines"] == 10
+    sb.advance(batch_id, 12)
+    sb.control("DELETE", "/calls")
+    code, out = fetch(sb, tmp_path, job.name)
+    assert code == 3 and out["counts"]["ok"] == 22
+    out_file = job_shard(job)["output_file_id"]
+    skips = [c["query"] for c in content_calls(sb, out_file)]
+    assert any("skip=10" in q for q in skips), skips  # only the new lines were asked for
+    sb.advance(batch_id)
+    code, out = fetch(sb, tmp_path, job.name)
+    assert code == 0 and out["counts"]["ok"] == n
+    raw = raw_lines(tmp_path / "p.raw" / f"{batch_id}.output.jsonl")
+    ids = [r["custom_id"] for r in raw]
+    assert len(ids) == n and len(set(ids)) == n  # no duplicate, no lost line
+    assert all(r["content"] == f"ECHO q {r['custom_id'][1:]}"
+               for r in records(tmp_path / "p.results.jsonl"))
+    # a further run downloads nothing new and changes nothing
+    before = (tmp_path / "p.raw" / f"{batch_id}.output.jsonl").read_bytes()
+    code, out = fetch(sb, tmp_path, job.name)
+    assert code == 0 and out["batches"][0]["output"]["new_lines"] == 0
+    assert (tmp_path / "p.raw" / f"{batch_id}.output.jsonl").read_bytes() == before
+
+
+@pytest.mark.parametrize("kind", ["drop", "tear"])
+def test_broken_download_resumes_without_duplicates(sb, tmp_path, kind):
+    n = 40
+    src = write_lines(tmp_path / "p.jsonl", [chat_line(f"r{i}", f"w {i}") for i in range(n)])
+    job, batch_id = submit(sb, src)
+    sb.advance(batch_id)
+    out_file = sb.get(f"/batches/{batch_id}").json()["output_file_id"]
+    spec = {"kind": kind, "method": "GET", "path": f"/v1/files/{out_file}/content",
+            "times": 1}
+    if kind == "drop":
+        spec["after_bytes"] = 3000  # headers and a few lines, then the connection closes
+    sb.fault(**spec)
+    sb.control("DELETE", "/calls")
+    code, out = fetch(sb, tmp_path, job.name)
+    assert code == 0, out
+    calls = content_calls(sb, out_file)
+    assert calls[0]["fault"] and not calls[1]["fault"]  # cut once, then continued
+    resumed_at = int(calls[1]["query"].split("skip=")[1].split("&")[0])
+    assert 0 < resumed_at < n and (kind == "drop" or resumed_at == n - 1)
+    raw = (tmp_path / "p.raw" / f"{batch_id}.output.jsonl").read_bytes()
+    assert raw.endswith(b"\n")
+    ids = [json.loads(x)["custom_id"] for x in raw.splitlines()]
+    assert len(ids) == n and len(set(ids)) == n
+    served = sb.get(f"/files/{out_file}/content").content
+    assert raw == served  # byte for byte as served
+
+
+def test_download_that_keeps_breaking_exits_7_then_rerun_completes(sb, tmp_path):
+    n = 40
+    src = write_lines(tmp_path / "p.jsonl", [chat_line(f"r{i}", f"x {i}") for i in range(n)])
+    job, batch_id = submit(sb, src)
+    sb.advance(batch_id)
+    out_file = sb.get(f"/batches/{batch_id}").json()["output_file_id"]
+    content = f"/v1/files/{out_file}/content"
+    sb.fault(kind="drop", method="GET", path=content, after_bytes=2000)  # a few lines
+    sb.fault(kind="drop", method="GET", path=content, after_bytes=50, times=50)  # none
+    code, out = fetch(sb, tmp_path, job.name, "--max-retries", "1")
+    assert code == 7 and out["error"]["code"] == "download_interrupted", out
+    saved = job_shard(job)["downloaded"]["output_lines"]
+    raw = tmp_path / "p.raw" / f"{batch_id}.output.jsonl"
+    assert 0 < saved < n and len(raw.read_bytes().splitlines()) == saved
+    sb.clear_faults()
+    code, out = fetch(sb, tmp_path, job.name)
+    assert code == 0 and out["batches"][0]["output"]["new_lines"] == n - saved
+    ids = [r["custom_id"] for r in raw_lines(raw)]
+    assert sorted(ids) == sorted(f"r{i}" for i in range(n))
+
+
+def test_crash_between_append_and_count_update_is_repaired(sb, tmp_path):
+    n = 20
+    src = write_lines(tmp_path / "p.jsonl", [chat_line(f"r{i}", f"c {i}") for i in range(n)])
+    job, batch_id = submit(sb, src)
+    sb.advance(batch_id, 8)
+    assert fetch(sb, tmp_path, job.name)[0] == 3
+    # as if a crash hit after lines were appended but before the counts were stored:
+    # the job file says 5 lines, the raw copy holds 8 plus a torn tail
+    data = json.loads(job.read_text())
+    raw = tmp_path / "p.raw" / f"{batch_id}.output.jsonl"
+    lines = raw.read_bytes().splitlines(keepends=True)
+    data["shards"][0]["downloaded"]["output_lines"] = 5
+    data["shards"][0]["downloaded"]["output_bytes"] = sum(len(x) for x in lines[:5])
+    job.write_text(json.dumps(data))
+    with open(raw, "ab") as f:
+        f.write(b'{"id": "torn')
+    sb.advance(batch_id)
+    code, out = fetch(sb, tmp_path, job.name)
+    assert code == 0, out
+    ids = [r["custom_id"] for r in raw_lines(raw)]
+    assert len(ids) == n and len(set(ids)) == n
+
+
+def test_error_file_json_and_plain_text_messages(sb, tmp_path):
+    lines = [chat_line("ok", "fine"), chat_line("j400", "[[fail:400]] bad"),
+             chat_line("txt", "[[fail:text]] odd"), chat_line("t500", "[[fail:503]] busy"),
+             chat_line("tmo", "[[fail:timeout]] slow")]
+    job, batch_id = submit(sb, write_lines(tmp_path / "p.jsonl", lines))
+    sb.advance(batch_id)
+    code, out = fetch(sb, tmp_path, job.name)
+    assert code == 4 and out["counts"]["error"] == 4 and out["counts"]["ok"] == 1
+    recs = {r["custom_id"]: r for r in records(tmp_path / "p.results.jsonl")}
+    assert recs["j400"]["error"]["status_code"] == 400
+    assert recs["j400"]["error"]["type"] == "NonRetriableHttpStatus"
+    assert "[[fail:400]]" in recs["j400"]["error"]["message"]
+    assert recs["t500"]["error"]["status_code"] == 503
+    assert recs["t500"]["error"]["type"] == "RetriableHttpStatus"
+    assert recs["txt"]["error"]["type"] is None and recs["txt"]["error"]["status_code"] is None
+    assert "plain text" in recs["txt"]["error"]["message"]
+    assert recs["tmo"]["error"]["type"] == "Timeout"
+    retry = tmp_path / "p.retry.jsonl"
+    assert out["retry_file"] == "p.retry.jsonl" and out["retry_requests"] == 4
+    originals = {json.loads(x)["custom_id"]: x for x in (tmp_path / "p.jsonl").read_text()
+                 .splitlines()}
+    assert retry.read_text().splitlines() == [originals[c] for c in
+                                              ("j400", "txt", "t500", "tmo")]
+    assert out["next"].endswith("submit.py p.retry.jsonl --json")
+
+
+def test_truncated_answers_and_raised_limit_in_retry_file(sb, tmp_path):
+    lines = [chat_line("short", "one two three four five", max_tokens=2),
+             chat_line("fine", "hi", max_tokens=50)]
+    job, batch_id = submit(sb, write_lines(tmp_path / "p.jsonl", lines))
+    sb.advance(batch_id)
+    code, out = fetch(sb, tmp_path, job.name, "--truncated-max-tokens", "3x")
+    assert code == 4 and out["counts"]["truncated"] == 1
+    short = records(tmp_path / "p.results.jsonl")[0]
+    assert short["status"] == "truncated" and short["finish_reason"] == "length"
+    assert short["content"] == "ECHO one"
+    retry = [json.loads(x) for x in (tmp_path / "p.retry.jsonl").read_text().splitlines()]
+    assert [r["custom_id"] for r in retry] == ["short"] and retry[0]["body"]["max_tokens"] == 6
+
+
+def test_structured_output_schema_invalid_and_bad_json(sb, tmp_path):
+    rf = {"type": "json_schema", "json_schema": {"name": "a", "schema": SCHEMA, "strict": True}}
+    lines = [chat_line("good", "tell me", response_format=rf),
+             chat_line("schema", "[[schema_invalid]] tell me", response_format=rf),
+             chat_line("bad", "[[bad_json]] tell me", response_format=rf)]
+    job, batch_id = submit(sb, write_lines(tmp_path / "p.jsonl", lines))
+    sb.advance(batch_id)
+    code, out = fetch(sb, tmp_path, job.name, "--retry-status", "schema_invalid")
+    assert code == 4, out
+    good, schema, bad = records(tmp_path / "p.results.jsonl")
+    assert good["status"] == "ok" and isinstance(good["json"]["answer"], str)
+    assert schema["status"] == "schema_invalid" and "json" in schema
+    assert "JSON Schema" in schema["error"]["message"]
+    assert bad["status"] == "invalid_json" and "json" not in bad
+    retry = (tmp_path / "p.retry.jsonl").read_text().splitlines()
+    assert [json.loads(x)["custom_id"] for x in retry] == ["schema"]  # --retry-status
+
+
+def test_cancelled_batch_keeps_partial_results_exit_5(sb, tmp_path):
+    n = 12
+    src = write_lines(tmp_path / "p.jsonl", [chat_line(f"r{i}", f"k {i}") for i in range(n)])
+    job, batch_id = submit(sb, src)
+    sb.advance(batch_id, 5)
+    assert sb.post(f"/batches/{batch_id}/cancel").status_code == 200
+    sb.advance(batch_id)  # cancelling -> cancelled
+    code, out = fetch(sb, tmp_path, job.name)
+    assert code == 5, out
+    assert out["counts"]["ok"] == 5 and out["counts"]["missing"] == n - 5
+    recs = records(tmp_path / "p.results.jsonl")
+    assert len(recs) == n
+    missing = [r for r in recs if r["status"] == "missing"]
+    assert all("cancelled" in r["error"]["message"] for r in missing)
+    retry = [json.loads(x)["custom_id"] for x in (tmp_path / "p.retry.jsonl").read_text()
+             .splitlines()]
+    assert retry == [r["custom_id"] for r in missing]
+    assert "submit.py p.retry.jsonl" in out["next"]
+
+
+def test_compat_server_whole_file_once_terminal(sandbox_factory, tmp_path):
+    compat = sandbox_factory("--openai-compat", "--enable-faults", "--manual", "--seed", "3")
+    n = 15
+    src = write_lines(tmp_path / "p.jsonl", [chat_line(f"r{i}", f"z {i}") for i in range(n)])
+    job, batch_id = submit(compat, src)
+    compat.advance(batch_id, 6)
+    code, out = fetch(compat, tmp_path, job.name)
+    assert code == 3 and out["counts"]["pending"] == n, out
+    compat.advance(batch_id)
+    code, out = fetch(compat, tmp_path, job.name)
+    assert code == 0 and out["counts"]["ok"] == n, out
+    assert out["batches"][0]["output"]["mode"] == "whole_file"
+    recs = records(tmp_path / "p.results.jsonl")
+    assert [r["content"] for r in recs] == [f"ECHO z {i}" for i in range(n)]
+    compat.control("DELETE", "/calls")
+    code, out = fetch(compat, tmp_path, job.name)  # already complete: not downloaded again
+    assert code == 0 and not content_calls(compat)
+
+
+def test_original_plus_retry_job_merged_and_retry_file_submitted(sb, tmp_path):
+    lines = [chat_line("a", "alpha"), chat_line("b", "one two three four", max_tokens=2),
+             chat_line("c", "gamma"), chat_line("d", "[[fail:400]] delta")]
+    job, batch_id = submit(sb, write_lines(tmp_path / "p.jsonl", lines))
+    sb.advance(batch_id)
+    code, out = fetch(sb, tmp_path, job.name, "--truncated-max-tokens", "100")
+    assert code == 4 and out["retry_requests"] == 2
+    retry_job, retry_batch = submit(sb, tmp_path / "p.retry.jsonl")
+    assert retry_job.name == "p.retry.job.json"
+    assert out["after_retry"].endswith("fetch_results.py p.job.json p.retry.job.json --json")
+    sb.advance(retry_batch)
+    code, out = fetch(sb, tmp_path, job.name, retry_job.name)
+    assert code == 4, out  # d fails again: still an error
+    recs = records(tmp_path / "p.results.jsonl")
+    assert [r["custom_id"] for r in recs] == ["a", "b", "c", "d"]
+    assert [r["status"] for r in recs] == ["ok", "ok", "ok", "error"]
+    assert recs[1]["content"] == "ECHO one two three four" and recs[1]["batch_id"] == retry_batch
+    assert recs[0]["batch_id"] == batch_id
+    # the new retry file must not overwrite the retry job's own input
+    assert out["retry_file"] == "p.retry2.jsonl"
+    assert [json.loads(x)["custom_id"] for x in (tmp_path / "p.retry2.jsonl").read_text()
+            .splitlines()] == ["d"]
+    assert len((tmp_path / "p.retry.jsonl").read_text().splitlines()) == 2
+
+
+def test_retry_job_that_fixes_everything_gives_exit_0(sb, tmp_path):
+    lines = [chat_line("a", "alpha beta gamma", max_tokens=2), chat_line("b", "b")]
+    job, batch_id = submit(sb, write_lines(tmp_path / "p.jsonl", lines))
+    sb.advance(batch_id)
+    assert fetch(sb, tmp_path, job.name, "--truncated-max-tokens", "2x")[0] == 4
+    retry_job, retry_batch = submit(sb, tmp_path / "p.retry.jsonl")
+    sb.advance(retry_batch, 0)
+    code, out = fetch(sb, tmp_path, job.name, retry_job.name)
+    assert code == 3 and out["counts"]["pending"] == 1  # the retry is still running
+    sb.advance(retry_batch)
+    code, out = fetch(sb, tmp_path, job.name, retry_job.name)
+    assert code == 0 and out["next"] is None and out["retry_file"] is None, out
+    assert [r["status"] for r in records(tmp_path / "p.results.jsonl")] == ["ok", "ok"]
+
+
+def test_embeddings_and_csv(sb, tmp_path):
+    lines = [{"custom_id": f"e{i}", "method": "POST", "url": "/v1/embeddings",
+              "body": {"model": "sandbox-embed", "input": f"text {i}"}} for i in range(4)]
+    job, batch_id = submit(sb, write_lines(tmp_path / "emb.jsonl", lines))
+    sb.advance(batch_id)
+    code, out = fetch(sb, tmp_path, job.name)
+    assert code == 0, out
+    recs = records(tmp_path / "emb.results.jsonl")
+    assert all(len(r["embedding"]) == 8 and r["content"] is None for r in recs)
+    assert recs[0]["embedding"] != recs[1]["embedding"]
+    code, out = fetch(sb, tmp_path, job.name, "--format", "csv")
+    assert code == 0 and out["results_file"] == "emb.results.csv"
+    text = (tmp_path / "emb.results.csv").read_text()
+    assert text.splitlines()[0].startswith("custom_id,status,content")
+    assert json.loads(text.splitlines()[1].split(",", 13)[-1].strip('"')) == \
+        recs[0]["embedding"]
+
+
+def test_bare_batch_id_uses_the_batches_own_input_order(sb, tmp_path):
+    prompts = prompts_of(10, "bare")
+    src = write_lines(tmp_path / "p.jsonl", [chat_line(f"b{i}", p) for i, p in enumerate(prompts)])
+    _, batch_id = submit(sb, src)
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    sb.advance(batch_id, 4)
+    code, out = fetch(sb, work, batch_id)
+    assert code == 3 and out["counts"]["ok"] == 4
+    sb.advance(batch_id)
+    code, out = fetch(sb, work, batch_id)
+    assert code == 0, out
+    recs = records(work / f"{batch_id}.results.jsonl")
+    assert [r["content"] for r in recs] == ["ECHO " + p for p in prompts]
+    assert (work / f"{batch_id}.raw" / f"{batch_id}.input.jsonl").exists()
+    code, out = fetch(sb, work, batch_id, "--offline", "-o", "again.jsonl")
+    assert code == 0 and records(work / "again.jsonl") == recs
+
+
+def test_server_side_retry_shrinking_the_error_file_is_handled(sb, tmp_path):
+    lines = [chat_line("a", "a"), chat_line("f1", "[[fail:400]] x"), chat_line("b", "b"),
+             chat_line("f2", "[[fail:400]] y"), chat_line("c", "c")]
+    job, batch_id = submit(sb, write_lines(tmp_path / "p.jsonl", lines))
+    sb.advance(batch_id)
+    assert fetch(sb, tmp_path, job.name)[0] == 4
+    assert sb.post(f"/batches/{batch_id}/retry").status_code == 200
+    code, out = fetch(sb, tmp_path, job.name)  # failed requests are pending again
+    assert code == 3 and out["counts"]["pending"] == 2, out
+    assert job_shard(job)["downloaded"]["error_lines"] == 0
+    sb.advance(batch_id)
+    code, out = fetch(sb, tmp_path, job.name)
+    assert code == 4 and out["counts"] == {**out["counts"], "ok": 3, "error": 2}
+    errs = raw_lines(tmp_path / "p.raw" / f"{batch_id}.errors.jsonl")
+    assert sorted(e["custom_id"] for e in errs) == ["f1", "f2"]
+
+
+def test_bad_usage_is_exit_2_and_names_the_problem(sb, tmp_path):
+    job, _ = submit(sb, write_lines(tmp_path / "p.jsonl", [chat_line("a", "a")]))
+    code, out = fetch(sb, tmp_path, job.name, "-o", "p.jsonl")
+    assert code == 2 and "input file of a submitted job" in out["error"]["message"]
+    code, out = fetch(sb, tmp_path, job.name, "--retry-status", "ok")
+    assert code == 2 and "--retry-status" in out["error"]["message"]
+    code, out = fetch(sb, tmp_path, "missing.job.json")
+    assert code == 2
+    proc = run_script("fetch_results.py", "--help")
+    assert proc.returncode == 0 and "--retry-file" in proc.stdout and "130" in proc.stdout
+
+
+def test_human_output_and_key_never_written(sb, tmp_path):
+    job, batch_id = submit(sb, write_lines(tmp_path / "p.jsonl",
+                                           [chat_line("a", "a"), chat_line("x", "[[fail:422]]")]))
+    sb.advance(batch_id)
+    proc = run_script("fetch_results.py", job.name, env=script_env(sb.base_url), cwd=tmp_path)
+    assert proc.returncode == 4
+    assert "results: p.results.jsonl (2 records: 1 ok, 1 error)" in proc.stdout
+    assert "next: python3" in proc.stdout and "submit.py p.retry.jsonl" in proc.stdout
+    assert TEST_KEY not in json.dumps(json.loads(job.read_text()))
+    assert_no_key_in_tree(tmp_path)
+    assert os.path.isdir(tmp_path / "p.raw")
