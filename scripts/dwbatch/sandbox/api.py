@@ -41,7 +41,7 @@ class Request:
 # --- objects -------------------------------------------------------------------------------
 def file_object(rec: FileRecord) -> dict:
     obj = {"id": rec.id, "object": "file", "bytes": rec.bytes, "created_at": rec.created_at,
-           "filename": rec.filename, "purpose": rec.purpose, "status": "processed"}
+           "filename": rec.filename, "purpose": rec.purpose}  # the real File has no status
     if rec.expires_at is not None:
         obj["expires_at"] = rec.expires_at
     return obj

@@ -158,6 +158,11 @@ class Batch:
         return self.status in TERMINAL
 
 
+def result_file_purpose(kind: str, openai_compat: bool) -> str:
+    """Doubleword names error files `batch_error`; stock OpenAI calls both `batch_output`."""
+    return "batch_error" if kind == "error" and not openai_compat else "batch_output"
+
+
 class Store:
     """Every file and batch of this sandbox, under one lock."""
 
@@ -269,7 +274,8 @@ class Store:
     def _result_file(self, batch_id: str, folder: str, kind: str, now: int) -> FileRecord:
         path = os.path.join(folder, f"{kind}.jsonl")
         rec = FileRecord(id=str(uuid.uuid4()), filename=f"batch_{batch_id}_{kind}.jsonl",
-                         purpose="batch_output", created_at=now,
+                         purpose=result_file_purpose(kind, self.options.openai_compat),
+                         created_at=now,
                          expires_at=now + FILE_TTL_SECONDS, path=path, seq=self._next_seq(),
                          view=LineView(path), batch_id=batch_id)
         self.files[rec.id] = rec
