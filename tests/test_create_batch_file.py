@@ -513,3 +513,23 @@ def test_check_finds_the_same_bad_batch_lines(tmp_path, case):
     assert proc.returncode == 2 and proc.stdout == ""
     for piece in expected:
         assert piece in proc.stderr
+
+
+def test_built_files_for_every_endpoint_are_accepted_by_the_server(tmp_path, sandbox_factory):
+    """The sandbox applies the real server's upload rules: what we build, it must accept."""
+    sb = sandbox_factory()
+    (tmp_path / "q.txt").write_text("first question\nsecond question\n")
+    (tmp_path / "v.json").write_text(json.dumps(SCHEMA))
+    for endpoint in ("chat", "completions", "embeddings", "responses", "messages"):
+        model = "sandbox-embed" if endpoint == "embeddings" else "sandbox-chat"
+        extra = [] if endpoint == "embeddings" else ["--max-tokens", "5"]
+        if endpoint in ("chat", "responses"):
+            extra += ["--response-format", "v.json"]
+        out = f"{endpoint}.jsonl"
+        code, env = build(tmp_path, "q.txt", "-o", out, "--model", model,
+                          "--endpoint", endpoint, *extra)
+        assert code == 0, env
+        with open(tmp_path / out, "rb") as f:
+            r = sb.post("/files", files={"file": (out, f)}, data={"purpose": "batch"})
+        assert r.status_code == 201, (endpoint, r.text)
+        assert r.json()["bytes"] == env["bytes"]
