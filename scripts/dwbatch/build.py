@@ -520,6 +520,7 @@ def _pass_through(source: Source, checker: Checker, stats, writer: ShardWriter,
 def _build_all(source: Source, opts: BuildOptions, checker: Checker, stats,
                writer: ShardWriter, max_file_bytes: int) -> None:
     builder = _ItemBuilder(source, opts)
+    checker.track_ids = opts.id_column is not None  # generated ids are unique already
     for ordinal, item in enumerate(source.items, 1):
         request = build_request(builder.custom_id(item, ordinal), builder.prompt(item), opts)
         _check_and_write(checker, stats, writer, request, source.name, item.line,

@@ -363,9 +363,11 @@ class Checker:
     files, and each FileStats' url so mixed urls are found within a file. Used by check_files,
     and by the builder for the lines it makes (with file/line naming the input)."""
 
-    def __init__(self, report: Report | None = None) -> None:
+    def __init__(self, report: Report | None = None, *, track_ids: bool = True) -> None:
         self.report = report if report is not None else Report()
-        self._seen: dict[str, tuple[str, int]] = {}
+        self.track_ids = track_ids  # False only for ids unique by construction
+        self._seen: dict[str, int] = {}  # custom_id -> file index << 40 | line
+        self._sources: list[str] = []
 
     def begin_file(self, path: str) -> FileStats:
         stats = FileStats(path=path)
@@ -447,11 +449,17 @@ class Checker:
                     f"{limits.MAX_CUSTOM_ID_BYTES} bytes (the server counts bytes, not "
                     "characters): use a shorter id"))
                 ok = False
+        if not self.track_ids:
+            return ok
         first = self._seen.get(cid)
         if first is None:
-            self._seen[cid] = (source, lineno)
+            if not self._sources or self._sources[-1] != source:
+                self._sources.append(source)
+            self._seen[cid] = (len(self._sources) - 1) << 40 | lineno
         else:
-            where = f"line {first[1]}" + ("" if first[0] == source else f" of {first[0]}")
+            first_source, first_line = self._sources[first >> 40], first & ((1 << 40) - 1)
+            where = f"line {first_line}" + ("" if first_source == source else
+                                             f" of {first_source}")
             self.report.add(Problem(
                 source, lineno, cid,
                 f"duplicate custom_id: also used on {where}; ids must be unique across all "
