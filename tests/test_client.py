@@ -11,7 +11,7 @@ import time
 import tracemalloc
 
 import pytest
-from conftest import TEST_KEY
+from conftest import TEST_KEY, start_sandbox
 from dwbatch import errors
 from dwbatch.client import (
     AmbiguousOutcome,
@@ -151,6 +151,22 @@ def test_multipart_body_length_matches_bytes_sent(tmp_path):
 
 # --------------------------------------------------------------------------- over HTTP
 
+@pytest.fixture(scope="module")
+def shared_sandbox():
+    sb = start_sandbox("--enable-faults")
+    yield sb
+    sb.stop()
+
+
+@pytest.fixture
+def sandbox(shared_sandbox):
+    """One sandbox for this module (fast); faults and the call log reset for every test."""
+    shared_sandbox.clear_faults()
+    shared_sandbox.control("DELETE", "/calls")
+    yield shared_sandbox
+    shared_sandbox.clear_faults()
+
+
 def make_client(sandbox, *, max_retries=3, key=TEST_KEY, timeout=10.0, notes=None,
                 total_wait=30.0):
     settings = Settings(base_url=sandbox.base_url, api_key=key, max_retries=max_retries,
@@ -280,6 +296,18 @@ def test_lost_create_answer_is_ambiguous_not_repeated(sandbox, tmp_path):
     posts = [c for c in sandbox.calls() if c["method"] == "POST" and c["path"] == "/v1/batches"]
     assert len(posts) == 1  # not repeated blindly
     assert len(client.find_batches_by_metadata("lost-1", {"job_id": "lost-1"})) == 1
+
+
+@pytest.mark.parametrize("status", [500, 502, 504])
+def test_create_answered_5xx_is_ambiguous_not_repeated(sandbox, tmp_path, status):
+    client = make_client(sandbox)
+    f = client.upload_file(write_requests(tmp_path / "p.jsonl", 2))
+    sandbox.fault(method="POST", path="/v1/batches", kind="status", status=status, times=3)
+    with pytest.raises(AmbiguousOutcome) as info:
+        client.create_batch(f["id"], "/v1/chat/completions", "24h", {"job_id": "amb"})
+    assert info.value.status == status
+    assert len([c for c in sandbox.calls() if c["method"] == "POST"
+                and c["path"] == "/v1/batches"]) == 1
 
 
 def test_create_retried_on_429_because_nothing_was_done(sandbox, tmp_path):

@@ -161,6 +161,14 @@ def test_three_shard_split_creates_three_batches(sandbox, tmp_path):
                          "--job", str(jobdir / "run.job.json"))
     assert code == 0 and again["already_submitted"]
     assert len(posts(sandbox, "/v1/files")) == 3 and len(posts(sandbox, "/v1/batches")) == 3
+    # a shard file that went missing is written again (later scripts read it), nothing sent
+    lost = jobdir / job["shards"][1]["path"]
+    content = lost.read_bytes()
+    lost.unlink()
+    code, again = submit(sandbox, str(src), "--max-requests", "10",
+                         "--job", str(jobdir / "run.job.json"))
+    assert code == 0 and again["already_submitted"] and lost.read_bytes() == content
+    assert len(posts(sandbox, "/v1/files")) == 3
 
 
 def test_several_inputs_and_a_moved_job_folder(sandbox, tmp_path):
@@ -178,9 +186,11 @@ def test_several_inputs_and_a_moved_job_folder(sandbox, tmp_path):
 
 # ----------------------------------------------------------------- exactly once under faults
 
-def test_lost_create_answer_is_found_not_repeated(sandbox, tmp_path):
+@pytest.mark.parametrize("fault", [{"kind": "lose_response"},
+                                   {"kind": "drop", "after_bytes": 20}])
+def test_lost_create_answer_is_found_not_repeated(sandbox, tmp_path, fault):
     src = write_batch(tmp_path / "p.jsonl", 3)
-    sandbox.fault(method="POST", path="/v1/batches", kind="lose_response", times=1)
+    sandbox.fault(method="POST", path="/v1/batches", **fault)
     code, out = submit(sandbox, str(src))
     assert code == 0, out
     assert out["found"] == 1 and out["created"] == 0
@@ -193,17 +203,27 @@ def test_lost_create_answer_is_found_not_repeated(sandbox, tmp_path):
     assert searches and job["job_id"] in searches[0]["query"]
 
 
+def test_create_timing_out_on_a_slow_server_is_found_later(sandbox, tmp_path):
+    src = write_batch(tmp_path / "p.jsonl", 3)
+    sandbox.fault(method="POST", path="/v1/batches", kind="delay", seconds=1.5)
+    code, out = submit(sandbox, str(src), "--timeout", "0.5")
+    assert code == 0, out
+    assert out["found"] == 1 and out["created"] == 0
+    assert len(posts(sandbox, "/v1/batches")) == 1
+    assert len(batches_of_job(sandbox, out["job_id"])) == 1
+
+
 def test_429_and_503_bursts_with_retry_after(sandbox, tmp_path):
     src = write_batch(tmp_path / "p.jsonl", 3)
     sandbox.fault(method="POST", path="/v1/files", kind="status", status=429, retry_after=1)
     sandbox.fault(method="POST", path="/v1/files", kind="status", status=503, retry_after=0)
-    sandbox.fault(method="POST", path="/v1/batches", kind="status", status=503, retry_after=1)
+    sandbox.fault(method="POST", path="/v1/batches", kind="status", status=503, retry_after=0)
     sandbox.fault(method="POST", path="/v1/batches", kind="status", status=429, retry_after=0,
                   times=2)
     start = time.monotonic()
     code, out = submit(sandbox, str(src))
     assert code == 0, out
-    assert time.monotonic() - start >= 2.0  # both Retry-After: 1 were honoured
+    assert time.monotonic() - start >= 1.0  # the Retry-After: 1 was honoured
     assert [c["status"] for c in posts(sandbox, "/v1/files")] == [429, 503, 201]
     assert [c["status"] for c in posts(sandbox, "/v1/batches")] == [503, 429, 429, 201]
     assert len(files_on_server(sandbox)) == 1
@@ -520,20 +540,33 @@ def test_progress_bar_only_on_a_terminal(sandbox, tmp_path):
 
 # --------------------------------------------------------------------------- job file unit tests
 
-def test_job_lock_excludes_a_second_holder(tmp_path):
+def test_job_lock_excludes_another_process_and_nests_in_one(tmp_path):
     path = str(tmp_path / "x.job.json")
-    with jobfile.job_lock(path):
+    holder = subprocess.Popen(
+        [PYTHON, "-c", "import sys, time; sys.path.insert(0, sys.argv[2]);"
+         "from dwbatch import jobfile\n"
+         "with jobfile.job_lock(sys.argv[1]):\n"
+         "    print('held', flush=True); time.sleep(30)", path, str(SCRIPTS)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
         with pytest.raises(Exception) as info:
             with jobfile.job_lock(path, wait=0.2):
                 pass
         assert getattr(info.value, "exit_code", None) == 7
-    with jobfile.job_lock(path, wait=0.2):  # released again
-        pass
-    fd = os.open(path + ".lock", os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nobody holds it now
+        assert "another command" in str(info.value)
     finally:
-        os.close(fd)
+        holder.kill()
+        holder.wait()
+    with jobfile.job_lock(path, wait=2):  # free again once the holder is gone
+        with jobfile.job_lock(path, wait=0.2):  # nested in the same process: no deadlock
+            pass
+        fd = os.open(path + ".lock", os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):  # still held by the outer lock
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
 
 
 def test_job_file_round_trip_and_paths(tmp_path):

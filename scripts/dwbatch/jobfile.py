@@ -195,17 +195,28 @@ def save_job(path: str, job: dict) -> None:
     write_json_atomic(path, job)
 
 
+_HELD: dict[str, int] = {}  # lock files this process holds -> nesting depth
+
+
 @contextlib.contextmanager
 def job_lock(path: str, wait: float = DEFAULT_LOCK_WAIT) -> Iterator[None]:
     """Hold an exclusive lock on `<job file>.lock` so two commands on one job cannot interleave.
 
     Waits up to `wait` seconds, then raises DWError (exit 7: safe to re-run later).
+    Re-entrant within one process (a nested job_lock on the same job just goes through).
     """
     if fcntl is None:  # pragma: no cover
         yield
         return
-    lock_path = path + LOCK_SUFFIX
-    directory = os.path.dirname(os.path.abspath(lock_path))
+    lock_path = os.path.realpath(path) + LOCK_SUFFIX
+    if _HELD.get(lock_path):
+        _HELD[lock_path] += 1
+        try:
+            yield
+        finally:
+            _HELD[lock_path] -= 1
+        return
+    directory = os.path.dirname(lock_path)
     os.makedirs(directory, exist_ok=True)
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -218,13 +229,15 @@ def job_lock(path: str, wait: float = DEFAULT_LOCK_WAIT) -> Iterator[None]:
                 if time.monotonic() >= deadline:
                     raise errors.DWError(
                         f"another command is working on the job file {path} "
-                        f"(it holds the lock {lock_path})",
+                        f"(it holds the lock {path}{LOCK_SUFFIX})",
                         code="job_busy", exit_code=errors.UNAVAILABLE,
                         hint="wait for that command to finish, then re-run this one") from None
                 time.sleep(0.1)
+        _HELD[lock_path] = 1
         try:
             yield
         finally:
+            _HELD.pop(lock_path, None)
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)

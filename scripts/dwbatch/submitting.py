@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
 from . import errors, jobfile, limits
-from .client import AmbiguousOutcome, APIError, Client, backoff_delay
+from .client import AmbiguousOutcome, APIError, Client
 from .config import resolve_base_url, settings_from_args
 
 COMPLETION_WINDOWS = ("24h", "1h")
@@ -199,16 +199,20 @@ def shard_name(input_path: str, tag: str) -> str:
     return f"{stem}.{tag}{ext or '.jsonl'}"
 
 
-def plan_shards(report, opts: SubmitOptions, job_path: str, temp_dir: str | None
-                ) -> list[ShardPlan]:
+def plan_shards(report, opts: SubmitOptions, job_path: str, temp_dir: str | None,
+                known: dict[str, list[ShardPlan]] | None = None) -> list[ShardPlan]:
     """One ShardPlan per file to upload. Oversize inputs are split into `temp_dir` (the
-    caller moves the pieces beside the job file, or drops them on --dry-run)."""
+    caller moves the pieces beside the job file, or drops them on --dry-run), unless `known`
+    already holds that input's uploaded shards (a re-run need not split again)."""
     from .split import split_file
 
     plan: list[ShardPlan] = []
     job_dir = os.path.dirname(os.path.abspath(job_path))
     for stats in report.files:
         src = os.path.abspath(stats.path)
+        if known and stats.needs_split and known.get(src):
+            plan.extend(known[src])
+            continue
         if not stats.needs_split:
             plan.append(ShardPlan(src, src, stats.sha256, stats.requests, stats.bytes,
                                   stats.endpoint, dict(stats.models),
@@ -225,6 +229,46 @@ def plan_shards(report, opts: SubmitOptions, job_path: str, temp_dir: str | None
                                   piece.sha256, piece.requests, piece.bytes, stats.endpoint,
                                   {}, tokens, temp_path=piece.path))
     return plan
+
+
+def uploaded_shards(existing: dict | None, job_path: str, base_url: str, report,
+                    opts: SubmitOptions) -> dict[str, list[ShardPlan]]:
+    """Shards of the existing job that need no new split: same server, same input hash, same
+    limits, and every shard of that input already uploaded."""
+    if not existing or opts.force or existing["base_url"].rstrip("/") != base_url.rstrip("/"):
+        return {}
+    if existing.get("limits") != {"max_file_bytes": opts.max_file_bytes,
+                                  "max_requests": opts.max_requests}:
+        return {}
+    recorded = {jobfile.abs_path(job_path, i["path"]): i["sha256"] for i in existing["inputs"]}
+    known: dict[str, list[ShardPlan]] = {}
+    for stats in report.files:
+        src = os.path.abspath(stats.path)
+        if recorded.get(src) != stats.sha256:
+            continue
+        shards = sorted((s for s in existing["shards"]
+                         if s.get("input") and jobfile.abs_path(job_path, s["input"]) == src),
+                        key=lambda s: s["index"])
+        if not shards or not all(s.get("file_id") and s.get("sha256") for s in shards):
+            continue
+        if not all(_looks_intact(jobfile.abs_path(job_path, s["path"]), s) for s in shards):
+            continue  # a shard file was removed or changed: split again to restore it
+        known[src] = [ShardPlan(src, jobfile.abs_path(job_path, s["path"]), s["sha256"],
+                                s.get("requests") or 0, s.get("bytes") or 0,
+                                s.get("endpoint"), s.get("models") or {},
+                                s.get("input_tokens_estimate") or 0) for s in shards]
+    return known
+
+
+def _looks_intact(path: str, shard: dict) -> bool:
+    try:
+        return os.path.getsize(path) == shard.get("bytes")
+    except OSError:
+        return False
+
+
+def _needs_splitting(report, known: dict) -> bool:
+    return any(s.needs_split and not known.get(os.path.abspath(s.path)) for s in report.files)
 
 
 def file_digest(path: str) -> dict:
@@ -564,6 +608,7 @@ def create_missing(client: Client, job: dict, job_path: str, outcome: Outcome) -
 
 
 def create_one(client: Client, job: dict, job_path: str, shard: dict, outcome: Outcome) -> None:
+    """Create one shard's batch; after a lost answer, look it up before creating again."""
     if shard.get("create_attempted_at"):
         batch = find_existing_batch(client, job, shard, outcome)
         if batch is not None:
@@ -580,9 +625,7 @@ def create_one(client: Client, job: dict, job_path: str, shard: dict, outcome: O
             batch = client.create_batch(shard["file_id"], shard["endpoint"] or job["endpoint"],
                                         job["completion_window"], _batch_metadata(job, shard))
         except AmbiguousOutcome as exc:
-            if client.on_retry:
-                client.on_retry(f"{exc.message}; looking for the batch by its metadata")
-            batch = find_existing_batch(client, job, shard, outcome)
+            batch = _look_for_lost_batch(client, job, shard, outcome, exc)
             if batch is not None:
                 _record_batch(shard, batch)
                 _save(job_path, job)
@@ -590,14 +633,31 @@ def create_one(client: Client, job: dict, job_path: str, shard: dict, outcome: O
                 return
             if attempt >= client.policy.max_retries:
                 raise
-            delay = backoff_delay(attempt, client.policy)
             attempt += 1
-            client.sleep(delay)
             continue
         _record_batch(shard, batch)
         _save(job_path, job)
         outcome.created += 1
         return
+
+
+# A create whose answer was lost may still be in progress on a slow server (a read timeout):
+# look again after these pauses before creating a second time.
+LOOKUP_PAUSES = (0.0, 2.0, 5.0)
+
+
+def _look_for_lost_batch(client: Client, job: dict, shard: dict, outcome: Outcome,
+                         exc: AmbiguousOutcome) -> dict | None:
+    if client.on_retry:
+        client.on_retry(f"{exc.message}; looking for the batch by its metadata "
+                        f"(job_id {job['job_id']}, shard_index {shard['index']})")
+    for pause in LOOKUP_PAUSES:
+        if pause:
+            client.sleep(pause)
+        batch = find_existing_batch(client, job, shard, outcome)
+        if batch is not None:
+            return batch
+    return None
 
 
 # --------------------------------------------------------------------------- the workflow
@@ -630,9 +690,10 @@ def submit(opts: SubmitOptions, args, *, progress_factory=None,
     try:
         with jobfile.job_lock(job_path):
             existing = jobfile.load_job(job_path) if os.path.exists(job_path) else None
-            if any(s.needs_split for s in report.files):
+            known = uploaded_shards(existing, job_path, base_url, report, opts)
+            if _needs_splitting(report, known):
                 temp_dir = tempfile.mkdtemp(prefix=".split-", dir=job_dir)
-            plan = plan_shards(report, opts, job_path, temp_dir)
+            plan = plan_shards(report, opts, job_path, temp_dir, known)
             outcome.plan = plan
             records = shard_records(plan, job_path)
             inputs = inputs_record(report, job_path)
@@ -661,17 +722,18 @@ def submit(opts: SubmitOptions, args, *, progress_factory=None,
 def _dry_run(report, opts: SubmitOptions, job_path: str, base_url: str) -> Outcome:
     """Validate, split, count and estimate, writing nothing and sending nothing."""
     outcome = Outcome(job_path=job_path, job={}, dry_run=True)
-    temp_dir = tempfile.mkdtemp(prefix="dwbatch-dry-") if any(
-        s.needs_split for s in report.files) else None
+    existing = jobfile.load_job(job_path) if os.path.exists(job_path) else None
+    known = uploaded_shards(existing, job_path, base_url, report, opts)
+    temp_dir = tempfile.mkdtemp(prefix="dwbatch-dry-") if _needs_splitting(report, known) \
+        else None
     try:
-        plan = plan_shards(report, opts, job_path, temp_dir)
+        plan = plan_shards(report, opts, job_path, temp_dir, known)
     finally:
         if temp_dir:
             shutil.rmtree(temp_dir, ignore_errors=True)
     outcome.plan = plan
     records = shard_records(plan, job_path)
     inputs = inputs_record(report, job_path)
-    existing = jobfile.load_job(job_path) if os.path.exists(job_path) else None
     outcome.job = reconcile_job(existing, job_path, base_url, opts, inputs, records,
                                 common_endpoint(plan), outcome, commit=False)
     return outcome
