@@ -14,6 +14,7 @@ import glob
 import importlib.util
 import os
 import platform
+import re
 import shlex
 import shutil
 import subprocess
@@ -202,7 +203,8 @@ def prepare(log=print) -> str:
     if "GLIBC_" not in direct.stderr:
         raise PrepareError(f"`dw --version` failed (exit {direct.returncode}): "
                            f"{direct.stderr.strip()[:300]}")
-    log(f"dw needs a newer glibc ({direct.stderr.strip()[:160]}); "
+    needed = re.search(r"GLIBC_[0-9.]+", direct.stderr)
+    log(f"dw needs {needed.group(0) if needed else 'a newer glibc'}, newer than this system's; "
         f"fetching libc6 from Debian {NEWER_SUITE} into {LIBC_ROOT}")
     argv = loader_argv(binary)
     fetched = False

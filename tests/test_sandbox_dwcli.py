@@ -86,7 +86,7 @@ def calls_of(sb, method: str, path: str) -> list[dict]:
     return [c for c in sb.calls() if c["method"] == method and c["path"] == path]
 
 
-def test_upload_create_get_list_cancel(sandbox_factory, dw_binary, tmp_path):
+def test_upload_create_get_list_cancel(dw_binary, sandbox_factory, tmp_path):
     sb = sandbox_factory("--manual", "--enable-faults")
     dw = DW(dw_binary, tmp_path / "home", sb)
     path = write_jsonl(tmp_path / "dw-input.jsonl", {f"d{i}": f"dw prompt {i}" for i in range(4)})
@@ -121,7 +121,7 @@ def test_upload_create_get_list_cancel(sandbox_factory, dw_binary, tmp_path):
     assert dw.json("batches", "get", created["id"])["status"] == "cancelled"
 
 
-def test_stream_delivers_each_result_exactly_once(sandbox_factory, dw_binary, tmp_path):
+def test_stream_delivers_each_result_exactly_once(dw_binary, sandbox_factory, tmp_path):
     # Slow enough that dw (polling every second) reads the output file several times while the
     # batch runs, resuming with ?skip=<X-Last-Line>; out of order thanks to the seed.
     sb = sandbox_factory("--rate", "8", "--seed", "5", "--enable-faults")
@@ -147,3 +147,18 @@ def test_stream_delivers_each_result_exactly_once(sandbox_factory, dw_binary, tm
     assert len(content_calls) >= 2 and resumed, (
         f"dw should have read partial results and resumed with skip: {content_calls}")
     assert all(c["status"] == 200 for c in content_calls)
+
+
+def test_dw_waits_out_429_and_503(dw_binary, sandbox_factory, tmp_path):
+    """The sandbox's 429/503 (JSON body + Retry-After) are answers dw knows how to wait out."""
+    sb = sandbox_factory("--manual", "--enable-faults")
+    dw = DW(dw_binary, tmp_path / "home", sb)
+    uploaded = dw.json("files", "upload", str(write_jsonl(tmp_path / "r.jsonl", {"r1": "hi"})))
+    created = dw.json("batches", "create", "--file", uploaded["id"])
+    for status in (429, 503):
+        sb.control("DELETE", "/calls")
+        sb.fault(method="GET", path="/v1/batches/*", kind="status", status=status, retry_after=1)
+        got = dw.json("batches", "get", created["id"])
+        assert got["id"] == created["id"]
+        statuses = [c["status"] for c in calls_of(sb, "GET", f"/v1/batches/{created['id']}")]
+        assert statuses == [status, 200], statuses
