@@ -1,7 +1,8 @@
 """Uploading a big batch file: submit.py against `curl -F`, same file, same local sandbox.
 
 Generates a file of chat request lines (default ~200 MB, kept under submit.py's 200,000,000
-byte limit so it is one shard) under benchmarks/work/ (gitignored, reused when present),
+byte limit so it is one shard) under benchmarks/work/ (gitignored; removed afterwards unless
+--keep, reused when present),
 starts scripts/sandbox_server.py on an ephemeral loopback port, then measures, one process
 at a time, wall time and peak resident memory (from the kernel's rusage of that process) of:
 
@@ -101,6 +102,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mb", type=float, default=200.0,
                         help="file size in MB (10**6 bytes; default 200)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the generated file in benchmarks/work/ for the next run")
     parser.add_argument("--line-bytes", type=int, default=5000,
                         help="bytes per request line (default 5000: 200 MB stays under "
                              "submit.py's 50,000-request limit, so one shard)")
@@ -147,6 +150,8 @@ def main() -> int:
     finally:
         sandbox.terminate()
         sandbox.wait(timeout=30)
+        if not args.keep:
+            os.unlink(path)
 
     base_wall, base_peak = rows[0][1], rows[0][2]
     print(f"file: {path} ({size / 1e6:.1f} MB, {size:,} bytes)")

@@ -85,6 +85,15 @@ def test_missing_key_is_exit_6_with_how_to_set_it(monkeypatch):
     assert "export DOUBLEWORD_API_KEY=" in info.value.hint
 
 
+def test_key_that_cannot_be_a_header_is_exit_6_and_not_shown(monkeypatch):
+    monkeypatch.setenv("DOUBLEWORD_API_KEY", "dw-secret-part1\ndw-secret-part2")
+    with pytest.raises(errors.DWError) as info:
+        require_api_key()
+    assert info.value.exit_code == errors.AUTH
+    text = f"{info.value.message} {info.value.hint}"
+    assert "secret-part" not in text
+
+
 def test_parse_retry_after_forms():
     assert parse_retry_after("60") == 60.0
     assert parse_retry_after(" 1.5 ") == 1.5

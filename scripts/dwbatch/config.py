@@ -84,6 +84,13 @@ def require_api_key() -> str:
             code="no_api_key", exit_code=errors.AUTH,
             hint=f"export {API_KEY_ENV}=<your key> (create one in the Doubleword console "
                  "under API keys); keys are never taken on the command line")
+    if any(ord(c) < 0x21 or ord(c) > 0x7e for c in key):
+        raise errors.DWError(
+            f"the key in {API_KEY_ENV} contains a space, line break or non-ASCII character, "
+            "which cannot be sent in an HTTP header",
+            code="bad_api_key", exit_code=errors.AUTH,
+            hint=f"copy the key again and export {API_KEY_ENV}=<your key> without extra "
+                 "characters")
     return key
 
 
