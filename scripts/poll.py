@@ -42,10 +42,6 @@ def build_parser() -> argparse.ArgumentParser:
     waiting.add_argument("--interval", type=_seconds, default=polling.DEFAULT_MAX_INTERVAL,
                          metavar="S", help="longest pause between checks, in seconds "
                          f"(default {polling.DEFAULT_MAX_INTERVAL:g}; fractions allowed)")
-    # The contract's --timeout here is how long to wait; the network group's per-call
-    # timeout keeps its default for this script.
-    parser.conflict_handler = "resolve"
-    waiting.conflict_handler = "resolve"
     waiting.add_argument("--timeout", dest="wait_timeout", type=_seconds, default=None,
                          metavar="S", help="with --wait: stop waiting after S seconds and "
                          "exit 3 if anything is still running (default: no limit)")

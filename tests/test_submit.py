@@ -206,7 +206,7 @@ def test_lost_create_answer_is_found_not_repeated(sandbox, tmp_path, fault):
 def test_create_timing_out_on_a_slow_server_is_found_later(sandbox, tmp_path):
     src = write_batch(tmp_path / "p.jsonl", 3)
     sandbox.fault(method="POST", path="/v1/batches", kind="delay", seconds=1.5)
-    code, out = submit(sandbox, str(src), "--timeout", "0.5")
+    code, out = submit(sandbox, str(src), "--request-timeout", "0.5")
     assert code == 0, out
     assert out["found"] == 1 and out["created"] == 0
     assert len(posts(sandbox, "/v1/batches")) == 1

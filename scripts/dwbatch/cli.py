@@ -144,7 +144,7 @@ def main_entry(build_parser: Callable[[], argparse.ArgumentParser],
 
 
 def add_network_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """--base-url, --max-retries and --timeout for every script that talks to the API."""
+    """--base-url, --max-retries and --request-timeout for every script that talks to the API."""
     from .config import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT  # late: config imports errors only
 
     def non_negative_int(text: str) -> int:
@@ -176,7 +176,7 @@ def add_network_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         help=f"retries of a call on 429/5xx/network errors, with backoff that honours "
              f"Retry-After (default {DEFAULT_MAX_RETRIES}; 0 = no retries)")
     group.add_argument(
-        "--timeout", metavar="SECONDS", type=positive_float, default=DEFAULT_TIMEOUT,
+        "--request-timeout", metavar="SECONDS", type=positive_float, default=DEFAULT_TIMEOUT,
         help=f"seconds to wait for the server to answer a call (default {DEFAULT_TIMEOUT:g}; "
              "uploads wait at least 300)")
     return parser

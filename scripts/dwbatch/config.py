@@ -99,7 +99,7 @@ def settings_from_args(args, *, need_key: bool = True) -> Settings:
     base_url = resolve_base_url(getattr(args, "base_url", None))
     key = require_api_key() if need_key else api_key_from_env()
     max_retries = getattr(args, "max_retries", None)
-    timeout = getattr(args, "timeout", None)
+    timeout = getattr(args, "request_timeout", None)
     return Settings(
         base_url=base_url,
         api_key=key,

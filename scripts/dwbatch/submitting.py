@@ -666,7 +666,7 @@ def submit(opts: SubmitOptions, args, *, progress_factory=None,
            client_factory=None) -> Outcome:
     """Run the whole submit; returns the Outcome or raises DWError with the right exit code.
 
-    `args` are the parsed network flags (--base-url, --max-retries, --timeout).
+    `args` are the parsed network flags (--base-url, --max-retries, --request-timeout).
     """
     check_window(opts.completion_window)
     paths = check_input_paths(opts.inputs)
