@@ -65,39 +65,33 @@ def start_sandbox() -> tuple[subprocess.Popen, str]:
     return proc, match.group(1)
 
 
-def step(title: str, script: str, args: list[str], env: dict, ok_codes: tuple[int, ...]) -> dict:
-    """Run one script the way a user would, show its command and output, return its envelope."""
+def step(title: str, script: str, args: list[str], env: dict, ok_codes: tuple[int, ...]) -> int:
+    """Run one script the way a user would; show its command, its output and its exit code."""
     shown = " ".join(["python3", os.path.relpath(os.path.join(HERE, script)),
                       *(shlex.quote(a) for a in args)])
     print(f"\n## {title}\n$ {shown}", flush=True)
-    proc = subprocess.run([sys.executable, os.path.join(HERE, script), *args, "--json"],
+    proc = subprocess.run([sys.executable, os.path.join(HERE, script), *args],
                           env=env, capture_output=True, text=True)
-    if proc.stderr.strip():
-        sys.stderr.write(proc.stderr)
-    try:
-        envelope = json.loads(proc.stdout)
-    except json.JSONDecodeError:
-        envelope = {"ok": False, "exit_code": proc.returncode, "raw": proc.stdout}
-    summary = {k: v for k, v in envelope.items() if k not in ("next",)}
-    print(json.dumps(summary, indent=2, ensure_ascii=False)[:2000])
-    print(f"(exit code {proc.returncode}; next: {envelope.get('next')})", flush=True)
+    for line in (proc.stdout + proc.stderr).rstrip().splitlines():
+        print(f"  {line}")
+    print(f"  (exit code {proc.returncode})", flush=True)
     if proc.returncode not in ok_codes:
         raise errors.DWError(f"step '{title}' exited {proc.returncode}",
                              code="demo_step_failed", exit_code=proc.returncode or 1,
                              hint="read the step's message above")
-    return envelope
+    return proc.returncode
 
 
 def main(args: argparse.Namespace) -> cli.Result:
+    env = dict(os.environ)
+    if args.live and (not env.get("DOUBLEWORD_API_KEY") or not args.model):
+        raise errors.InputError("--live needs DOUBLEWORD_API_KEY in the environment and "
+                                "--model MODEL", hint="export DOUBLEWORD_API_KEY=... and "
+                                "pass --model with a model your key may use")
     workdir = args.workdir or tempfile.mkdtemp(prefix="doubleword-demo-")
     os.makedirs(workdir, exist_ok=True)
-    env = dict(os.environ)
     sandbox = None
     if args.live:
-        if not env.get("DOUBLEWORD_API_KEY") or not args.model:
-            raise errors.InputError("--live needs DOUBLEWORD_API_KEY in the environment and "
-                                    "--model MODEL", hint="export DOUBLEWORD_API_KEY=... and "
-                                    "pass --model with a model your key may use")
         model = args.model
     else:
         sandbox, base_url = start_sandbox()
@@ -105,14 +99,15 @@ def main(args: argparse.Namespace) -> cli.Result:
               "machine).", flush=True)
         env.update(DOUBLEWORD_BASE_URL=base_url, DOUBLEWORD_API_KEY=DEMO_KEY)
         model = args.model or "sandbox-chat"
-    batch_file = os.path.join(workdir, "reviews.jsonl")
-    job = os.path.join(workdir, "reviews.job.json")
+    batch_file = os.path.relpath(os.path.join(workdir, "reviews.jsonl"))
+    job = os.path.relpath(os.path.join(workdir, "reviews.job.json"))
+    example = os.path.relpath(EXAMPLES)
     try:
         step("1. Build a batch file from a CSV and a template", "create_batch_file.py", [
-            os.path.join(EXAMPLES, "reviews.csv"), "-o", batch_file, "--model", model,
-            "--template", "@" + os.path.join(EXAMPLES, "review_template.txt"),
+            os.path.join(example, "reviews.csv"), "-o", batch_file, "--model", model,
+            "--template", "@" + os.path.join(example, "review_template.txt"),
             "--id-column", "id", "--max-tokens", "200",
-            "--response-format", os.path.join(EXAMPLES, "sentiment.schema.json")],
+            "--response-format", os.path.join(example, "sentiment.schema.json")],
             env, (0,))
         step("2. Upload it and start the batch (exactly once)", "submit.py",
              [batch_file, "--job", job], env, (0,))
@@ -121,21 +116,23 @@ def main(args: argparse.Namespace) -> cli.Result:
         step("4. (A person may block until done instead)", "poll.py",
              [job, "--wait", "--timeout", str(args.timeout), "--interval", "2"],
              env, (0, 4))
-        fetched = step("5. Fetch the results, joined back to the input rows", "fetch_results.py",
-                       [job], env, (0, 4))
+        step("5. Fetch the results, joined back to the input rows", "fetch_results.py",
+             [job], env, (0, 4))
     finally:
         if sandbox is not None:
             sandbox.terminate()
             sandbox.wait(timeout=10)
-    results_path = fetched.get("results_file") or os.path.join(workdir, "reviews.results.jsonl")
-    print(f"\n## The results file: {results_path}")
+    results_path = os.path.join(workdir, "reviews.results.jsonl")
+    print(f"\n## The results file: {results_path} (one record per input row, in input order)")
+    counts: dict[str, int] = {}
     with open(results_path, encoding="utf-8") as f:
         for line in f:
             record = json.loads(line)
-            print(f"  {record['custom_id']}: {record['status']}: "
-                  f"{json.dumps(record.get('json', record.get('content')), ensure_ascii=False)}")
+            counts[record["status"]] = counts.get(record["status"], 0) + 1
+            answer = json.dumps(record.get("json", record.get("content")), ensure_ascii=False)
+            print(f"  {record['custom_id']}: {record['status']}: {answer[:110]}")
     return cli.Result(
-        {"workdir": workdir, "results_file": results_path, "counts": fetched.get("counts")},
+        {"workdir": workdir, "results_file": results_path, "counts": counts},
         f"\nDone. Everything the demo wrote is in {workdir}",
         errors.OK, None)
 
