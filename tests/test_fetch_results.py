@@ -18,6 +18,7 @@ from conftest import (
     script_env,
     start_sandbox,
 )
+from dwbatch.download import count_complete_lines, sync_raw_file
 
 SCHEMA = {"type": "object", "properties": {"answer": {"type": "string"}},
           "required": ["answer"], "additionalProperties": False}
@@ -425,3 +426,39 @@ def test_human_output_and_key_never_written(sb, tmp_path):
     assert TEST_KEY not in json.dumps(json.loads(job.read_text()))
     assert_no_key_in_tree(tmp_path)
     assert os.path.isdir(tmp_path / "p.raw")
+
+
+# --- the raw copy's upkeep (pure file logic, no network) -----------------------------------
+
+def _raw(tmp_path: Path, n: int, tail: bytes = b"") -> Path:
+    path = tmp_path / "raw.jsonl"
+    path.write_bytes(b"".join(b'{"custom_id": "c%d"}\n' % i for i in range(n)) + tail)
+    return path
+
+
+def test_sync_raw_file_cuts_back_to_the_recorded_count(tmp_path):
+    path = _raw(tmp_path, 5, b'{"torn')
+    three = count_complete_lines(str(path), stop_after=3)
+    assert three == (3, len(b"".join(b'{"custom_id": "c%d"}\n' % i for i in range(3))))
+    assert count_complete_lines(str(path)) == (5, path.stat().st_size - len(b'{"torn'))
+    # longer than recorded (crash after the append): cut back to the recorded bytes
+    assert sync_raw_file(str(path), 3, three[1], print) == three
+    assert path.read_bytes().count(b"\n") == 3 and path.read_bytes().endswith(b"\n")
+
+
+def test_sync_raw_file_without_byte_count_or_shorter_than_recorded(tmp_path):
+    notes = []
+    path = _raw(tmp_path, 4, b'{"to')
+    # only a line count recorded (the contract's minimal `downloaded`): count, keep 4 lines
+    lines, nbytes = sync_raw_file(str(path), 4, None, notes.append)
+    assert (lines, nbytes) == (4, path.stat().st_size) and not notes
+    # more recorded than the raw copy holds: resume after what is really there
+    lines, _ = sync_raw_file(str(path), 10, None, notes.append)
+    assert lines == 4 and notes
+    # more lines in the raw copy than recorded and no byte count: keep only the recorded ones
+    lines, nbytes = sync_raw_file(str(path), 2, None, notes.append)
+    assert lines == 2 and path.read_bytes().count(b"\n") == 2 == len(path.read_bytes()
+                                                                      .splitlines())
+    # raw copy deleted: start again from 0
+    path.unlink()
+    assert sync_raw_file(str(path), 2, nbytes, notes.append) == (0, 0)

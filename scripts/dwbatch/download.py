@@ -135,8 +135,11 @@ def raw_dir_lock(raw_dir: str, wait: float = 10.0) -> Iterator[None]:
 
 # --------------------------------------------------------------------------- raw file upkeep
 
-def count_complete_lines(path: str) -> tuple[int, int]:
-    """(lines, bytes) of the complete lines at the start of a file, streamed."""
+def count_complete_lines(path: str, stop_after: int | None = None) -> tuple[int, int]:
+    """(lines, bytes) of the complete lines at the start of a file, streamed.
+
+    stop_after: count at most that many lines (bytes then end after the last one counted).
+    """
     lines = end = pos = 0
     with open(path, "rb") as f:
         while True:
@@ -144,6 +147,11 @@ def count_complete_lines(path: str) -> tuple[int, int]:
             if not chunk:
                 break
             n = chunk.count(b"\n")
+            if stop_after is not None and lines + n >= stop_after:
+                cut = -1
+                for _ in range(stop_after - lines):
+                    cut = chunk.index(b"\n", cut + 1)
+                return stop_after, pos + cut + 1 if stop_after else 0
             if n:
                 lines += n
                 end = pos + chunk.rindex(b"\n") + 1
@@ -151,35 +159,40 @@ def count_complete_lines(path: str) -> tuple[int, int]:
     return lines, end
 
 
-def sync_raw_file(path: str, lines: int, nbytes: int, warn: Callable[[str], None]
+def _cut(path: str, nbytes: int) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(nbytes)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def sync_raw_file(path: str, lines: int, nbytes: int | None, warn: Callable[[str], None]
                   ) -> tuple[int, int]:
     """Make the raw copy agree with the stored counts; return the counts to resume from.
 
     Longer than recorded (a crash after the append, before the counts were stored): cut
-    back, the lines are fetched again. Shorter or missing (deleted by hand): count what is
-    there and resume after it.
+    back, the lines are fetched again. Shorter, missing, or without a recorded byte count:
+    count the complete lines it holds (never more than recorded) and resume after them.
     """
     size = os.path.getsize(path) if os.path.exists(path) else 0
-    if size == nbytes:
-        return lines, nbytes
-    if size > nbytes and (nbytes == 0 or _ends_line(path, nbytes)):
-        with open(path, "r+b") as f:
-            f.truncate(nbytes)
-            f.flush()
-            os.fsync(f.fileno())
-        return lines, nbytes
+    if nbytes is not None:
+        if size == nbytes and (lines > 0 or nbytes == 0):
+            return lines, nbytes
+        if size > nbytes and ((lines == 0 and nbytes == 0) or
+                              (lines > 0 and nbytes > 0 and _ends_line(path, nbytes))):
+            _cut(path, nbytes)
+            return lines, nbytes
     if size == 0:
         if lines:
             warn(f"note: raw copy {path} is gone; downloading that file again from the start")
         return 0, 0
-    counted, complete_bytes = count_complete_lines(path)
-    if complete_bytes != size:
-        with open(path, "r+b") as f:
-            f.truncate(complete_bytes)
-    if lines:
-        warn(f"note: raw copy {path} does not match the recorded {lines} lines; resuming "
-             f"after the {counted} complete lines it holds")
-    return counted, complete_bytes
+    counted, end = count_complete_lines(path, stop_after=lines)
+    if end != size:
+        _cut(path, end)
+    if counted != lines:
+        warn(f"note: raw copy {path} holds {counted} complete lines, not the recorded "
+             f"{lines}; resuming after line {counted}")
+    return counted, end
 
 
 def _ends_line(path: str, nbytes: int) -> bool:
@@ -198,7 +211,8 @@ class FileResult:
     file_id: str | None
     lines: int = 0          # lines saved in total
     new_lines: int = 0      # lines saved by this run
-    mode: str = "none"      # incremental | whole_file | not_ready | waiting_for_end | none
+    # incremental | whole_file | not_ready | waiting_for_end | gone | none
+    mode: str = "none"
     complete: bool = False  # the server said there is nothing more to come
 
     def as_dict(self) -> dict:
@@ -219,8 +233,12 @@ class _Counts:
         return int(self.state.get(f"{self.kind}_lines") or 0)
 
     @property
-    def bytes(self) -> int:
-        return int(self.state.get(f"{self.kind}_bytes") or 0)
+    def bytes(self) -> int | None:
+        """None when only a line count was recorded (then the raw copy is counted)."""
+        value = self.state.get(f"{self.kind}_bytes")
+        if value is None:
+            return 0 if self.lines == 0 else None
+        return int(value)
 
     def set(self, lines: int, nbytes: int, **extra) -> None:
         self.state[f"{self.kind}_lines"] = lines
@@ -306,19 +324,26 @@ def download_file(api, file_id: str | None, path: str, kind: str, state: dict,
         try:
             stream = api.file_content(file_id, skip=lines)
         except api_client.APIError as exc:
-            if exc.status == 404 and lines == 0:
+            if exc.status != 404:
+                raise
+            if lines == 0:  # nothing is ready yet (what Doubleword's own CLI assumes too)
                 result.mode = "not_ready"
                 return result
-            raise
+            warn(f"note: the {kind} file {file_id} is no longer on the server (404); using "
+                 f"the {lines} lines saved in {path}")
+            result.mode = "gone"
+            return result
         with stream:
             last = _header_int(stream, "X-Last-Line")
             if last is None:
-                stream.close()
                 if not terminal:
                     result.mode = "waiting_for_end"
                     return result
+                first = stream if lines == 0 else None
+                if first is None:
+                    stream.close()
                 return _whole_file(api, file_id, path, kind, counts, result, warn, sleep,
-                                   max_retries)
+                                   max_retries, first)
             if last < lines:
                 if restarted:
                     raise errors.DWError(
@@ -363,24 +388,38 @@ def _truncate(path: str) -> None:
             f.truncate(0)
 
 
+def _is_json(data: bytes) -> bool:
+    try:
+        json.loads(data)
+    except ValueError:
+        return False
+    return True
+
+
 def download_whole(api, file_id: str, path: str, *, attempts: int = MAX_ATTEMPTS_WITHOUT_PROGRESS,
-                   sleep: Callable[[float], None] = time.sleep,
+                   first=None, sleep: Callable[[float], None] = time.sleep,
                    warn: Callable[[str], None] = lambda m: None) -> tuple[int, int]:
     """Download a whole file into `path` (temp file, then rename); returns (lines, bytes).
 
-    A last line without a newline is kept (with one added) when the body ended cleanly:
-    some servers do not end their files with a newline.
+    first: an already open answer for the whole file to use for the first attempt.
+    A last line without a newline is kept (with one added) when the body ended cleanly and
+    it is whole JSON: some servers do not end their files with a newline.
     """
     tmp = path + ".part"
     for attempt in range(attempts):
         lines = nbytes = 0
         try:
-            with api.file_content(file_id) as stream, open(tmp, "wb") as f:
+            stream = first if first is not None and attempt == 0 else \
+                api.file_content(file_id)
+            with stream, open(tmp, "wb") as f:
                 for line in stream:
                     f.write(line)
                     lines += 1
                     nbytes += len(line)
                 if stream.partial:
+                    if not _is_json(stream.partial):
+                        raise api_client.StreamInterrupted(
+                            f"file {file_id} ended inside a line", lines_read=lines)
                     f.write(stream.partial + b"\n")
                     lines += 1
                     nbytes += len(stream.partial) + 1
@@ -404,11 +443,11 @@ def download_whole(api, file_id: str, path: str, *, attempts: int = MAX_ATTEMPTS
 
 
 def _whole_file(api, file_id, path, kind, counts: _Counts, result: FileResult, warn, sleep,
-                max_retries: int) -> FileResult:
+                max_retries: int, first=None) -> FileResult:
     """Servers without partial-result headers: the whole file, once the batch has ended."""
     before = counts.lines
-    lines, nbytes = download_whole(api, file_id, path, attempts=max_retries + 1, sleep=sleep,
-                                   warn=warn)
+    lines, nbytes = download_whole(api, file_id, path, attempts=max_retries + 1, first=first,
+                                   sleep=sleep, warn=warn)
     counts.set(lines, nbytes, complete=True, mode="whole_file", file_id=file_id)
     result.lines = lines
     result.new_lines = max(0, lines - before)
@@ -445,7 +484,8 @@ def download_batch(api, batch: dict, raw_dir: str, store: StateStore, *, termina
     batch_id = batch["id"]
     paths = raw_paths(raw_dir, batch_id)
     state = store.load()
-    state["batch_status"] = batch.get("status")
+    if isinstance(store, SidecarStore):  # a job file has the status in the shard already
+        state["batch_status"] = batch.get("status")
     files = {}
     if need_input:
         files["input"] = _input_copy(api, batch, paths["input"], state, store, warn, sleep,

@@ -42,6 +42,7 @@ TERMINAL = {"completed"} | ENDED_UNSUCCESSFULLY
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses",
              "/v1/messages")
 _ENDPOINT_CODE = {e: i for i, e in enumerate(ENDPOINTS)}
+_URL_CODES = {e.encode(): i for i, e in enumerate(ENDPOINTS)}
 
 # Flag bits stored per request line.
 _STRUCTURED = 1
@@ -358,20 +359,20 @@ def classify(kind: str, line: dict, request_body: dict | None, endpoint: str) ->
     return rec
 
 
-def _int_of(usage: dict, first: str, second: str | None = None) -> int:
-    value = usage.get(first)
-    if value is None and second is not None:
-        value = usage.get(second)
-    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
+def _num(value) -> int:
+    if type(value) is int:
+        return value
+    return int(value) if isinstance(value, float) else 0
 
 
 def usage_numbers(usage) -> tuple[int, int, int]:
     """(prompt, completion, total) tokens of any endpoint's usage object."""
     if not isinstance(usage, dict):
         return 0, 0, 0
-    prompt = _int_of(usage, "prompt_tokens", "input_tokens")
-    completion = _int_of(usage, "completion_tokens", "output_tokens")
-    total = _int_of(usage, "total_tokens") or prompt + completion
+    get = usage.get
+    prompt = _num(get("prompt_tokens", get("input_tokens")))
+    completion = _num(get("completion_tokens", get("output_tokens")))
+    total = _num(get("total_tokens")) or prompt + completion
     return prompt, completion, total
 
 
@@ -395,10 +396,12 @@ _BATCH_ROWS = 20000
 # pairs only ("id":"…", "custom_id":"…", "method":"…", …) is provably the top-level value, so
 # it can be read without parsing the whole line. Anything else falls back to json.loads.
 _SIMPLE_PREFIX = rb'^\{\s*(?:"[A-Za-z_]\w*"\s*:\s*(?:"[^"\\]*"|null|-?\d+)\s*,\s*)*?'
+_SIMPLE_PAIRS = rb'(?:"[A-Za-z_]\w*"\s*:\s*(?:"[^"\\]*"|null|-?\d+)\s*,\s*)*?'
 _CID_RE = re.compile(_SIMPLE_PREFIX + rb'"custom_id"\s*:\s*"([^"\\]*)"')
 _URL_RE = re.compile(_SIMPLE_PREFIX + rb'"url"\s*:\s*"([^"\\]*)"')
-# Words whose absence proves a request line asks for no structured output.
-_STRUCTURED_WORDS = (b'"response_format"', b'"output_format"', b'"output_config"', b'"text"')
+# The usual request line: custom_id, then (method), then url, all before the body.
+_CID_URL_RE = re.compile(_SIMPLE_PREFIX + rb'"custom_id"\s*:\s*"([^"\\]*)"\s*,\s*'
+                         + _SIMPLE_PAIRS + rb'"url"\s*:\s*"([^"\\]*)"')
 _decode = json.JSONDecoder().decode
 
 
@@ -428,16 +431,26 @@ def _iter_lines(path: str) -> Iterator[tuple[int, int, bytes]]:
 
 def _fast_request_fields(line: bytes) -> tuple[str | None, int, int]:
     """(custom_id, endpoint code, flags) without parsing, or (None, 0, 0): parse it then."""
-    if any(word in line for word in _STRUCTURED_WORDS):
+    if b'"response_format"' in line or b'"text"' in line or b'"output_format"' in line \
+            or b'"output_config"' in line:
         return None, 0, 0
-    cid = _fast_custom_id(line)
-    m = _URL_RE.match(line)
-    if cid is None or m is None:
-        return None, 0, 0
-    code = _ENDPOINT_CODE.get(endpoint_of(m.group(1).decode("utf-8", "replace")))
+    m = _CID_URL_RE.match(line)
+    if m is not None:
+        raw_cid, raw_url = m.group(1), m.group(2)
+    else:
+        m, m_url = _CID_RE.match(line), _URL_RE.match(line)
+        if m is None or m_url is None:
+            return None, 0, 0
+        raw_cid, raw_url = m.group(1), m_url.group(1)
+    code = _URL_CODES.get(raw_url)
     if code is None:
+        code = _ENDPOINT_CODE.get(endpoint_of(raw_url.decode("utf-8", "replace")))
+        if code is None:
+            return None, 0, 0
+    try:
+        return raw_cid.decode("utf-8"), code, 0
+    except UnicodeDecodeError:
         return None, 0, 0
-    return cid, code, 0
 
 
 def _input_flags(obj: dict) -> tuple[int, int]:
@@ -564,21 +577,23 @@ class Index:
             "(SELECT 1 FROM inp WHERE inp.cid = res.cid AND inp.src = res.src)").fetchone()[0]
         self.db.commit()
 
-    def rows(self) -> Iterator[tuple[int, str, list[tuple]]]:
-        """(seq, custom_id, [(src, in_off, in_len, ep, flags, fno|None, off, len)…]) in order."""
+    def rows(self) -> Iterator[list[tuple]]:
+        """Per request, in order: its candidate rows
+        (seq, custom_id, src, in_off, in_len, ep, flags, fno|None, off, len)."""
         cur = self.db.execute(
             "SELECT r.seq, r.cid, i.src, i.off, i.len, i.ep, i.flags, x.fno, x.off, x.len "
             "FROM req r JOIN inp i ON i.cid = r.cid "
             "LEFT JOIN res x ON x.cid = i.cid AND x.src = i.src ORDER BY r.seq")
-        current_seq, current_cid, group = None, None, []
-        for seq, cid, *rest in cur:
-            if seq != current_seq:
+        seq, group = None, []
+        for row in cur:
+            if row[0] != seq:
                 if group:
-                    yield current_seq, current_cid, group
-                current_seq, current_cid, group = seq, cid, []
-            group.append(tuple(rest))
+                    yield group
+                seq, group = row[0], [row]
+            else:
+                group.append(row)
         if group:
-            yield current_seq, current_cid, group
+            yield group
 
 
 class _Reader:
@@ -659,16 +674,16 @@ def reconcile(sources: list[Source], on_record: Callable[[Chosen], None],
         index.finish()
         summary.duplicate_inputs = index.duplicate_inputs
         summary.unmatched_results = index.unmatched_results
-        for _seq, cid, group in index.rows():
-            best = None
-            best_key = None
-            for (src, in_off, in_len, ep, flags, fno, r_off, r_len) in group:
+        result_files = index.result_files
+        for group in index.rows():
+            best = best_key = None
+            for (_seq, _cid, src, in_off, in_len, ep, flags, fno, r_off, r_len) in group:
                 source = sources[src]
                 if fno is None:
                     rec = _no_result_record(source)
                     order = (source.job, -1)
                 else:
-                    path, kind, _ = index.result_files[fno]
+                    path, kind, _ = result_files[fno]
                     line = loads(reader.read(path, r_off, r_len))
                     body = None
                     if flags & _STRUCTURED:
@@ -676,6 +691,9 @@ def reconcile(sources: list[Source], on_record: Callable[[Chosen], None],
                                                  in_len)).get("body")
                     rec = classify(kind, line, body, ENDPOINTS[ep])
                     order = (source.job, fno, r_off)
+                if len(group) == 1:
+                    best = (rec, source, in_off, in_len)
+                    break
                 key = (-STATUS_RANK[rec["status"]], order)
                 if best_key is None or key > best_key:
                     if best_key is not None:
@@ -684,7 +702,7 @@ def reconcile(sources: list[Source], on_record: Callable[[Chosen], None],
                 else:
                     summary.superseded += 1
             rec, source, in_off, in_len = best
-            record = {"custom_id": cid, **rec, "batch_id": source.batch_id}
+            record = {"custom_id": group[0][1], **rec, "batch_id": source.batch_id}
             _count(summary, record, source)
             on_record(Chosen(record, source, in_off, in_len, reader))
     finally:
@@ -702,8 +720,11 @@ def _count(summary: Summary, record: dict, source: Source) -> None:
         else:
             done = summary.missing_from_completed
             done[source.batch_id] = done.get(source.batch_id, 0) + 1
-    p, c, t = usage_numbers(record.get("usage"))
-    summary.usage["prompt_tokens"] += p
-    summary.usage["completion_tokens"] += c
-    summary.usage["total_tokens"] += t
+    usage = record["usage"]
+    if usage:
+        p, c, t = usage_numbers(usage)
+        totals = summary.usage
+        totals["prompt_tokens"] += p
+        totals["completion_tokens"] += c
+        totals["total_tokens"] += t
 

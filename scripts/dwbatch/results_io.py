@@ -42,13 +42,15 @@ def csv_row(record: dict) -> list:
     ]
 
 
+_encode = json.JSONEncoder(ensure_ascii=False).encode
+
+
 class _JsonlWriter:
     def __init__(self, f) -> None:
         self.f = f
 
     def write(self, record: dict) -> None:
-        self.f.write(json.dumps(record, ensure_ascii=False))
-        self.f.write("\n")
+        self.f.write(_encode(record) + "\n")
 
 
 class _CsvWriter:
