@@ -222,13 +222,21 @@ def _warn_base_url_mismatch(targets: list[polling.Target], base_url: str) -> Non
                      "batches are not found")
 
 
+def _effective_status(batch: dict) -> str | None:
+    """The status that decides pending vs missing: a batch stuck `cancelling` since it was
+    validating never ran anything, so it counts as cancelled."""
+    if status.cancelled_while_validating(batch):
+        return "cancelled"
+    return batch.get("status")
+
+
 def _sources(plan: Plan, targets: list[polling.Target], batches: dict) -> list:
     sources = []
     for job_no, target in enumerate(targets):
         raw_dir = plan.raw_dirs[target.arg]
         for entry in target.entries:
             paths = download.raw_paths(raw_dir, entry.batch_id)
-            batch_status = batches[entry.batch_id].get("status")
+            batch_status = _effective_status(batches[entry.batch_id])
             if target.job:
                 shard = jobfile.shard_by_index(target.job, entry.shard)
                 sources.append(reconcile.Source(
@@ -316,7 +324,9 @@ def main(args: argparse.Namespace) -> cli.Result:
             "fetch_results.py", *args.targets, _show(jobfile.default_job_path(retry_path)),
             *(["--json"] if args.json else []))
     if code == errors.NOT_FINISHED:
-        next_cmd = cli.script_command("fetch_results.py", *sys.argv[1:])
+        # the same command (online: --offline would only re-read what is saved)
+        next_cmd = cli.script_command("fetch_results.py",
+                                      *(a for a in sys.argv[1:] if a != "--offline"))
     elif code in (errors.PARTIAL_FAILURE, errors.BATCH_UNSUCCESSFUL):
         next_cmd = submit_cmd
     else:

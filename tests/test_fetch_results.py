@@ -290,6 +290,15 @@ def test_cancelled_batch_keeps_partial_results_exit_5(sb, tmp_path):
     assert "submit.py p.retry.jsonl" in out["next"]
 
 
+def test_batch_cancelled_while_validating_counts_as_cancelled(sb, tmp_path):
+    src = write_lines(tmp_path / "p.jsonl", [chat_line(f"r{i}", f"v {i}") for i in range(3)])
+    job, batch_id = submit(sb, src)
+    assert sb.post(f"/batches/{batch_id}/cancel").json()["status"] == "cancelling"
+    code, out = fetch(sb, tmp_path, job.name)  # stuck `cancelling`: nothing will ever run
+    assert code == 5 and out["counts"]["missing"] == 3, out
+    assert out["batches"][0]["status"] == "cancelling"
+
+
 def test_compat_server_whole_file_once_terminal(sandbox_factory, tmp_path):
     compat = sandbox_factory("--openai-compat", "--enable-faults", "--manual", "--seed", "3")
     n = 15

@@ -95,6 +95,14 @@ def test_pending_and_missing_depend_on_batch_state(tmp_path):
     assert json.loads(Path(retry).read_text())["custom_id"] == "a"
 
 
+def test_cancelling_batch_keeps_unfinished_requests_pending(tmp_path):
+    reqs = [chat_req("a", "x"), chat_req("b", "y")]
+    src = source(tmp_path, "cl", reqs, [chat_ok("b", "ECHO y")], status="cancelling")
+    summary, recs, retry = run([src], tmp_path)
+    assert [r["status"] for r in recs] == ["pending", "ok"]  # in flight: may still finish
+    assert summary.missing_from_ended == 0 and retry is None
+
+
 def test_missing_from_a_completed_batch_is_not_counted_as_ended_badly(tmp_path):
     summary, recs, _ = run([source(tmp_path, "c", [chat_req("a", "x")])], tmp_path)
     assert recs[0]["status"] == "missing" and summary.missing_from_ended == 0

@@ -35,8 +35,10 @@ STATUS_RANK = {"ok": 0, "pending": 1, "truncated": 2, "schema_invalid": 3, "inva
                "error": 5, "missing": 6}
 
 TRUNCATION_REASONS = {"length", "max_tokens", "max_output_tokens"}
-# Batch statuses after which a request without a result will never get one.
-ENDED_UNSUCCESSFULLY = {"failed", "cancelled", "cancelling", "expired"}
+# Batch statuses after which a request without a result will never get one. `cancelling`
+# is not one of them: requests in flight can still finish (callers pass `cancelled` for a
+# batch stuck in `cancelling` since validation, where nothing ever ran).
+ENDED_UNSUCCESSFULLY = {"failed", "cancelled", "expired"}
 TERMINAL = {"completed"} | ENDED_UNSUCCESSFULLY
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses",
