@@ -376,6 +376,27 @@ def test_embeddings_and_csv(sb, tmp_path):
         recs[0]["embedding"]
 
 
+def test_responses_endpoint_text_truncation_and_schema(sb, tmp_path):
+    fmt = {"format": {"type": "json_schema", "name": "a", "schema": SCHEMA}}
+    lines = [{"custom_id": cid, "method": "POST", "url": "/v1/responses",
+              "body": {"model": "sandbox-chat", "input": text, **extra}}
+             for cid, text, extra in (("plain", "hello there friend", {}),
+                                      ("cut", "hello there friend", {"max_output_tokens": 2}),
+                                      ("json", "hi", {"text": fmt}),
+                                      ("badjson", "[[schema_invalid]] hi", {"text": fmt}))]
+    job, batch_id = submit(sb, write_lines(tmp_path / "resp.jsonl", lines))
+    sb.advance(batch_id)
+    code, out = fetch(sb, tmp_path, job.name)
+    assert code == 4, out
+    plain, cut, js, bad = records(tmp_path / "resp.results.jsonl")
+    assert (plain["status"], plain["content"]) == ("ok", "ECHO hello there friend")
+    assert (cut["status"], cut["content"]) == ("truncated", "ECHO hello")
+    assert js["status"] == "ok" and isinstance(js["json"]["answer"], str)
+    assert bad["status"] == "schema_invalid"
+    assert out["usage"]["prompt_tokens"] == sum(r["usage"]["input_tokens"]
+                                                for r in (plain, cut, js, bad))
+
+
 def test_bare_batch_id_uses_the_batches_own_input_order(sb, tmp_path):
     prompts = prompts_of(10, "bare")
     src = write_lines(tmp_path / "p.jsonl", [chat_line(f"b{i}", p) for i, p in enumerate(prompts)])
