@@ -85,9 +85,9 @@ class SandboxHandler(BaseHTTPRequestHandler):
 
     def _api(self, path: str, raw_query: str, query: dict, body: BodyReader) -> None:
         sandbox = self.server.sandbox
-        call = sandbox.faults.log(self.command, path, raw_query)
-        fault = sandbox.faults.take(self.command, path) if sandbox.options.enable_faults \
-            else None
+        enabled = sandbox.options.enable_faults
+        call = sandbox.faults.log(self.command, path, raw_query) if enabled else {}
+        fault = sandbox.faults.take(self.command, path) if enabled else None
         if fault is not None:
             call["fault"] = fault["kind"]
             if fault["kind"] == "reset_upload":

@@ -23,7 +23,7 @@ import itertools
 import threading
 
 KINDS = ("status", "drop", "tear", "delay", "lose_response", "reset_upload")
-MAX_CALLS = 200_000
+MAX_CALLS = 50_000  # oldest calls are forgotten past this
 
 
 class FaultSpecError(ValueError):
