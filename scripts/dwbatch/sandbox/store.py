@@ -311,7 +311,7 @@ class Store:
         batch.qpos = len(batch.queue)
         batch.status = "cancelling"
         batch.times["cancelling_at"] = self.now()
-        batch.stuck = was_validating
+        batch.stuck = was_validating and not self.options.openai_compat
 
     def retry(self, batch: Batch) -> None:
         """Failed and cancelled requests go back to pending, in place (400 if none)."""
@@ -338,7 +338,10 @@ class Store:
         batch.times.setdefault("in_progress_at", self.now())
 
     def delete_batch(self, batch: Batch) -> None:
+        """Soft delete: the batch is cancelled and no longer listed or readable."""
         self.cancel(batch)
+        if batch.status == "cancelling" and not batch.stuck:
+            self.mark_cancelled(batch)
         batch.deleted = True
 
     def finish(self, batch: Batch) -> None:
