@@ -126,10 +126,15 @@ def _type_name(value: object) -> str:
     return "null"
 
 
+def _reject_constant(name: str):
+    """NaN / Infinity are not JSON (serde_json refuses them; Python would accept them)."""
+    raise json.JSONDecodeError("Expecting value", name, 0)
+
+
 def _parse_line(text: str, line_no: int) -> dict:
     """The line as a request object, or the real server's `Invalid JSON on line N` error."""
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
         raise UploadRejected(400, f"Invalid JSON on line {line_no}: {_json_error(text, exc)}") \
             from None
