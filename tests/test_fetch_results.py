@@ -492,3 +492,29 @@ def test_sync_raw_file_without_byte_count_or_shorter_than_recorded(tmp_path):
     # raw copy deleted: start again from 0
     path.unlink()
     assert sync_raw_file(str(path), 2, nbytes, notes.append) == (0, 0)
+
+
+def _line_stream(data: bytes):
+    import io
+
+    import requests
+    import urllib3
+    from dwbatch.client import LineStream
+    resp = requests.Response()
+    resp.status_code = 200
+    resp.raw = urllib3.response.HTTPResponse(body=io.BytesIO(data), preload_content=False)
+    return LineStream(resp, "GET", "/files/x/content")
+
+
+def test_line_blocks_keep_torn_tail_and_stop_at_max_lines():
+    from dwbatch.client import iter_line_blocks
+    lines = [b'{"n": %d, "pad": "%s"}\n' % (i, b"x" * (i * 997 % 70000)) for i in range(60)]
+    data = b"".join(lines) + b'{"torn'
+    stream = _line_stream(data)
+    blocks = list(iter_line_blocks(stream))
+    assert b"".join(b for b, _ in blocks) == b"".join(lines)
+    assert sum(n for _, n in blocks) == 60 and stream.partial == b'{"torn' and stream.finished
+    stream = _line_stream(data)
+    blocks = list(iter_line_blocks(stream, max_lines=37))
+    assert b"".join(b for b, _ in blocks) == b"".join(lines[:37])
+    assert sum(n for _, n in blocks) == 37 == stream.lines_read

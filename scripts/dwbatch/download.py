@@ -265,20 +265,20 @@ def _append(stream, path: str, skip: int, nbytes: int, limit: int, counts: _Coun
     Returns (lines appended, new byte count, interrupted?).
     """
     got = 0
+    checkpoint = CHECKPOINT_LINES
     interrupted = False
     with open(path, "ab") as f:
         try:
             if limit > 0:
-                for line in stream:
-                    f.write(line)
-                    got += 1
-                    nbytes += len(line)
-                    if got >= limit:
-                        break
-                    if got % CHECKPOINT_LINES == 0:
+                for block, n in api_client.iter_line_blocks(stream, max_lines=limit):
+                    f.write(block)
+                    got += n
+                    nbytes += len(block)
+                    if got >= checkpoint:
                         f.flush()
                         os.fsync(f.fileno())
                         counts.set(skip + got, nbytes)
+                        checkpoint = got + CHECKPOINT_LINES
         except api_client.StreamInterrupted:
             interrupted = True
         finally:
@@ -412,10 +412,10 @@ def download_whole(api, file_id: str, path: str, *, attempts: int = MAX_ATTEMPTS
             stream = first if first is not None and attempt == 0 else \
                 api.file_content(file_id)
             with stream, open(tmp, "wb") as f:
-                for line in stream:
-                    f.write(line)
-                    lines += 1
-                    nbytes += len(line)
+                for block, n in api_client.iter_line_blocks(stream):
+                    f.write(block)
+                    lines += n
+                    nbytes += len(block)
                 if stream.partial:
                     if not _is_json(stream.partial):
                         raise api_client.StreamInterrupted(
