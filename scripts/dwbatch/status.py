@@ -288,7 +288,9 @@ def progress_text(counts: dict, pct: float, eta: float | None, expires_in: float
         parts.append("ETA " + ("unknown (poll again to measure progress)" if eta is None
                                else "~" + format_duration(eta)))
         if expires_in is not None:
-            parts.append(f"expires in {format_duration(expires_in)}" if expires_in >= 0
+            # Time left is rounded down: never promise more of the window than there is.
+            parts.append(f"expires in {format_duration(math.floor(expires_in))}"
+                         if expires_in >= 0
                          else f"window passed {format_duration(-expires_in)} ago")
     return ", ".join(parts)
 
