@@ -27,6 +27,9 @@ class SandboxHandler(BaseHTTPRequestHandler):
     server_version = "dw-sandbox/1"
     sys_version = ""
     timeout = 600
+    # Headers and body go out as separate small writes: without TCP_NODELAY each call on a
+    # kept-alive connection waits ~40 ms for the peer's delayed ACK.
+    disable_nagle_algorithm = True
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         self._dispatch()
