@@ -38,6 +38,8 @@ Mock models (names via --chat-models / --embedding-models; any other model: 403 
     [[fail:NNN]]      that request fails with upstream status NNN (RetriableHttpStatus for
                       5xx/429/408/404/499, else NonRetriableHttpStatus; message is JSON text)
     [[fail:timeout]]  fails with type Timeout      [[fail:text]]  error message is plain text
+    [[flaky:NNN]]     fails like [[fail:NNN]] the first time this sandbox answers that body,
+                      then answers normally (so a retry, in place or in a new batch, works)
     [[bad_json]]      structured answer that is not JSON
     [[schema_invalid]] structured answer that is JSON but violates the schema
 

@@ -537,6 +537,26 @@ def test_mock_models_answers(manual):
     assert estimate["total_requests"] == 1 and float(estimate["total_estimated_cost"]) > 0
 
 
+def test_flaky_marker_fails_once_then_a_retry_succeeds(manual):
+    sb = manual
+    lines = [chat_line("steady"), chat_line("flaky", "try me [[flaky:503]]")]
+    first = batch_of(sb, lines)
+    sb.advance(first["id"])
+    assert get_batch(sb, first["id"])["request_counts"] == {"total": 2, "completed": 1,
+                                                             "failed": 1}
+    error = content(sb, first["error_file_id"])[1][0]
+    assert error["custom_id"] == "flaky"
+    assert json.loads(error["error"]["message"])["type"] == "RetriableHttpStatus"
+    assert sb.post(f"/batches/{first['id']}/retry").status_code == 200
+    sb.advance(first["id"])
+    done = get_batch(sb, first["id"])
+    assert done["status"] == "completed" and done["request_counts"]["failed"] == 0
+    again = batch_of(sb, [lines[1]])
+    sb.advance(again["id"])
+    assert get_batch(sb, again["id"])["request_counts"]["completed"] == 1, \
+        "a body already answered once is not flaky any more, in any batch"
+
+
 # --- clock and compat mode --------------------------------------------------------------------
 def test_expiry_is_a_timestamp_not_a_status(manual):
     sb = manual

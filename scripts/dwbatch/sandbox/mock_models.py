@@ -10,6 +10,8 @@ that one request fail or misbehave:
                      else NonRetriableHttpStatus); the error message is JSON text
   [[fail:timeout]]   the upstream call timed out (type Timeout)
   [[fail:text]]      an error whose message is plain text, not JSON
+  [[flaky:NNN]]      fails like [[fail:NNN]] the first time this sandbox answers that request
+                     body, and answers normally after (a retry, in place or in a new batch)
   [[bad_json]]       a structured-output answer that is not JSON
   [[schema_invalid]] a structured-output answer that is JSON but violates the schema
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import threading
 from dataclasses import dataclass
 
 
@@ -26,6 +29,9 @@ def _compact(obj) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 FAIL_MARKER = re.compile(r"\[\[fail:(\d{3}|timeout|text)\]\]")
+FLAKY_MARKER = re.compile(r"\[\[flaky:(\d{3})\]\]")
+_flaky_seen: set[str] = set()
+_flaky_lock = threading.Lock()
 RETRIABLE = {404, 408, 429, 499}
 
 
@@ -45,6 +51,9 @@ def respond(url: str, body: dict, request_id: str, created: int) -> Outcome:
     failure = FAIL_MARKER.search(marker_text)
     if failure:
         return Outcome(error=failure_message(failure.group(1)))
+    flaky = FLAKY_MARKER.search(marker_text)
+    if flaky and _first_time(url + marker_text):
+        return Outcome(error=failure_message(flaky.group(1)))
     try:
         if url == "/v1/embeddings":
             return _embeddings(body)
@@ -54,6 +63,16 @@ def respond(url: str, body: dict, request_id: str, created: int) -> Outcome:
                                          "type": "invalid_request_error"}})
         return Outcome(error=_compact({"type": "NonRetriableHttpStatus",
                                          "details": {"status": 400, "body": upstream}}))
+
+
+def _first_time(text: str) -> bool:
+    """True the first time this process sees `text` (for [[flaky:NNN]])."""
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    with _flaky_lock:
+        if digest in _flaky_seen:
+            return False
+        _flaky_seen.add(digest)
+        return True
 
 
 def failure_message(what: str) -> str:
