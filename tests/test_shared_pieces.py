@@ -103,3 +103,18 @@ def test_write_json_atomic_replaces_whole_file(tmp_path):
     fsutil.write_json_atomic(target, {"a": 1})
     fsutil.write_json_atomic(target, {"b": 2})
     assert json.loads(target.read_text()) == {"b": 2}
+
+
+def test_atomic_writes_follow_the_umask_not_mkstemps_0600(tmp_path):
+    old = os.umask(0o022)
+    try:
+        fresh = tmp_path / "fresh.json"
+        fsutil.write_json_atomic(fresh, {})
+        assert fresh.stat().st_mode & 0o777 == 0o644
+        shared = tmp_path / "shared.json"
+        shared.write_text("{}")
+        shared.chmod(0o664)
+        fsutil.write_json_atomic(shared, {"a": 1})
+        assert shared.stat().st_mode & 0o777 == 0o664, "a replaced file keeps its mode"
+    finally:
+        os.umask(old)

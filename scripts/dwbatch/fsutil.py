@@ -10,6 +10,25 @@ from collections.abc import Iterator
 from typing import IO
 
 
+def make_temp_beside(path: str, suffix: str = ".tmp") -> tuple[int, str]:
+    """A temporary file in `path`'s folder with the permissions a plain open() would give.
+
+    mkstemp makes files private (0600); a file renamed over `path` should instead keep the
+    mode of the file it replaces, or follow the umask like any new file.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=suffix,
+                               dir=directory)
+    try:
+        mode = os.stat(path).st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    os.fchmod(fd, mode)
+    return fd, tmp
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8",
                 newline: str | None = None) -> Iterator[IO]:
@@ -18,9 +37,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
     On any exception (or Ctrl-C) the temporary file is removed and `path` is untouched.
     """
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
-                               dir=directory)
+    fd, tmp = make_temp_beside(path)
     try:
         if "b" in mode:
             f = os.fdopen(fd, mode)

@@ -23,13 +23,13 @@ import contextlib
 import hashlib
 import os
 import re
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import IO
 
 from . import limits
 from .errors import InputError
+from .fsutil import make_temp_beside
 
 
 @dataclass
@@ -90,7 +90,7 @@ def is_output_of(candidate: str, out_path: str) -> bool:
 
 class _Part:
     def __init__(self, directory: str, base: str) -> None:
-        fd, self.tmp = tempfile.mkstemp(prefix="." + base + ".", suffix=".part", dir=directory)
+        fd, self.tmp = make_temp_beside(os.path.join(directory, base), suffix=".part")
         self.file: IO[bytes] = os.fdopen(fd, "wb", buffering=1 << 20)
         self.hash = hashlib.sha256()
         self.stats = ShardStats(path="")
