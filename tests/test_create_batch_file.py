@@ -39,7 +39,7 @@ def build(tmp_path, *args, **kw):
 
 def check_submit_next(env: dict, *paths) -> None:
     assert env["next"].startswith("python3 ") and "submit.py" in env["next"]
-    assert env["next"].split()[2:] == list(paths)
+    assert env["next"].split()[2:] == [*paths, "--json"], "next keeps the caller's --json"
 
 
 # --- building from each input format -----------------------------------------------------------

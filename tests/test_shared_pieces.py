@@ -30,7 +30,7 @@ def test_json_envelope_on_success(capsys):
                    _parser(), ["--json"])
     out = json.loads(capsys.readouterr().out)
     assert code == 3
-    assert out == {"ok": False, "exit_code": 3, "n": 1, "next": "again"}
+    assert out == {"ok": False, "exit_code": 3, "n": 1, "next": "again --json"}
 
 
 def test_json_envelope_on_error_carries_code_message_hint(capsys):
@@ -118,3 +118,12 @@ def test_atomic_writes_follow_the_umask_not_mkstemps_0600(tmp_path):
         assert shared.stat().st_mode & 0o777 == 0o664, "a replaced file keeps its mode"
     finally:
         os.umask(old)
+
+
+def test_next_command_follows_the_callers_mode(capsys):
+    result = cli.Result({}, "done", errors.NOT_FINISHED, "python3 scripts/poll.py a.job.json")
+    cli.run(lambda a: result, _parser(), ["--json"])
+    assert json.loads(capsys.readouterr().out)["next"].endswith("poll.py a.job.json --json")
+    result.next = "python3 scripts/poll.py a.job.json --json"
+    cli.run(lambda a: result, _parser(), [])
+    assert capsys.readouterr().out.endswith("next: python3 scripts/poll.py a.job.json\n")

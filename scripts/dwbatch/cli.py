@@ -64,6 +64,14 @@ def envelope(ok: bool, exit_code: int, fields: dict, next_cmd: str | None,
     return out
 
 
+def next_for_mode(command: str | None, json_mode: bool) -> str | None:
+    """The `next` command in the caller's own mode: with --json when they used it, else without."""
+    if not command:
+        return command
+    words = [w for w in command.split(" ") if w != "--json"]
+    return " ".join(words + ["--json"] if json_mode else words)
+
+
 def _print_json(obj: dict) -> None:
     sys.stdout.write(redact(json.dumps(obj, ensure_ascii=False, indent=None)) + "\n")
     sys.stdout.flush()
@@ -112,27 +120,31 @@ def run(main: Callable[[argparse.Namespace], Result], parser: argparse.ArgumentP
                                   "(set DWBATCH_DEBUG=1 for a traceback)")
         return _report_error(args, err)
     ok = result.exit_code == errors.OK
-    if getattr(args, "json", False):
-        _print_json(envelope(ok, result.exit_code, result.fields, result.next))
+    json_mode = getattr(args, "json", False)
+    next_cmd = next_for_mode(result.next, json_mode)
+    if json_mode:
+        _print_json(envelope(ok, result.exit_code, result.fields, next_cmd))
     else:
         text = result.summary.rstrip("\n")
-        if result.next:
-            text += ("\n" if text else "") + f"next: {result.next}"
+        if next_cmd:
+            text += ("\n" if text else "") + f"next: {next_cmd}"
         if text:
             sys.stdout.write(redact(text) + "\n")
     return result.exit_code
 
 
 def _report_error(args: argparse.Namespace, exc: errors.DWError) -> int:
-    if getattr(args, "json", False):
+    json_mode = getattr(args, "json", False)
+    next_cmd = next_for_mode(exc.next, json_mode)
+    if json_mode:
         err = {"code": exc.code, "message": redact(exc.message), "hint": redact(exc.hint or "")}
-        _print_json(envelope(False, exc.exit_code, exc.extra, exc.next, err))
+        _print_json(envelope(False, exc.exit_code, exc.extra, next_cmd, err))
     else:
         lines = [f"error: {exc.message}"]
         if exc.hint:
             lines.append(f"hint: {exc.hint}")
-        if exc.next:
-            lines.append(f"next: {exc.next}")
+        if next_cmd:
+            lines.append(f"next: {next_cmd}")
         sys.stderr.write(redact("\n".join(lines)) + "\n")
     return exc.exit_code
 
