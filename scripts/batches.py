@@ -7,6 +7,9 @@ import argparse
 
 from dwbatch import cli, client, errors, manage, status
 
+EXIT_CODES = (errors.OK, errors.INTERNAL, errors.INVALID_INPUT, errors.AUTH, errors.UNAVAILABLE,
+              errors.INTERRUPTED)
+
 
 def _positive_int(text: str) -> int:
     try:
@@ -19,8 +22,7 @@ def _positive_int(text: str) -> int:
 
 
 def _sub(subs, name: str, help_text: str, examples: list[str]) -> argparse.ArgumentParser:
-    epilog = "examples:\n" + "\n".join(f"  {e}" for e in examples) + "\n\n" + \
-        errors.EXIT_CODE_TABLE
+    epilog = cli.help_epilog(examples, EXIT_CODES)
     p = subs.add_parser(name, help=help_text, description=help_text, epilog=epilog,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
@@ -36,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
         "cancel and retry accept a job file (PROMPTS.job.json) to act on all its batches.",
         ["python3 scripts/batches.py list --status in_progress --json",
          "python3 scripts/batches.py cancel prompts.job.json",
-         "python3 scripts/batches.py retry 3fa85f64-5717-4562-b3fc-2c963f66afa6 --json"])
+         "python3 scripts/batches.py retry 3fa85f64-5717-4562-b3fc-2c963f66afa6 --json"],
+        EXIT_CODES)
     subs = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     p = _sub(subs, "list", "List batches, newest first, page by page.",

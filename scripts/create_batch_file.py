@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from dwbatch import cli, limits
+from dwbatch import cli, errors, limits
 from dwbatch.build import BuildOptions, load_response_format, parse_param, write_batch_files
 from dwbatch.errors import InputError
 from dwbatch.inputs import FORMATS, open_source
@@ -66,7 +66,7 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = cli.make_parser("create_batch_file.py", DESCRIPTION, EXAMPLES)
+    p = cli.make_parser("create_batch_file.py", DESCRIPTION, EXAMPLES, errors.LOCAL_EXIT_CODES)
     p.add_argument("inputs", nargs="*", metavar="INPUT",
                    help="the input file ('-' = stdin); with --check, the batch files to check")
     p.add_argument("-o", "--output", metavar="OUT.jsonl",

@@ -79,7 +79,8 @@ def _csv(text: str) -> list[str]:
 
 
 def build_parser():
-    parser = make_parser("sandbox_server.py", DESCRIPTION, EXAMPLES)
+    parser = make_parser("sandbox_server.py", DESCRIPTION, EXAMPLES,
+                         (errors.OK, errors.INTERNAL, errors.INVALID_INPUT))
     add = parser.add_argument
     add("--host", default="127.0.0.1",
         help="address to bind (default 127.0.0.1); non-loopback needs --allow-remote")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from dwbatch import cli, limits, submitting
+from dwbatch import cli, errors, limits, submitting
 from dwbatch.secrets import api_key_from_env
 
 
@@ -24,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
         ["python3 scripts/submit.py prompts.jsonl --json",
          "python3 scripts/submit.py prompts.jsonl --dry-run",
          "python3 scripts/submit.py a.jsonl b.jsonl --completion-window 1h --max-cost 5 "
-         "--metadata project=demo --job run1.job.json"])
+         "--metadata project=demo --job run1.job.json"],
+        (errors.OK, errors.INTERNAL, errors.INVALID_INPUT, errors.AUTH, errors.UNAVAILABLE,
+         errors.INTERRUPTED))
     parser.add_argument("files", nargs="*", metavar="FILE",
                         help="batch input files (.jsonl, one request per line); several allowed")
     parser.add_argument("--completion-window", default="24h", metavar="WINDOW",

@@ -127,3 +127,13 @@ def test_next_command_follows_the_callers_mode(capsys):
     result.next = "python3 scripts/poll.py a.job.json --json"
     cli.run(lambda a: result, _parser(), [])
     assert capsys.readouterr().out.endswith("next: python3 scripts/poll.py a.job.json\n")
+
+
+def test_help_lists_only_the_exit_codes_a_script_can_give(capsys):
+    parser = cli.make_parser("local.py", "Local only.", ["python3 local.py"],
+                             errors.LOCAL_EXIT_CODES)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--help"])
+    table = capsys.readouterr().out.split("exit codes:")[1]
+    codes = [line.split()[0] for line in table.strip().splitlines()]
+    assert codes == ["0", "1", "2", "130"]

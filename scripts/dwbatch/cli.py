@@ -30,10 +30,19 @@ class Result:
     next: str | None = None
 
 
-def make_parser(prog: str, description: str, examples: Sequence[str]) -> argparse.ArgumentParser:
-    """An ArgumentParser whose --help ends with examples and the exit-code table."""
-    epilog = "examples:\n" + "\n".join(f"  {e}" for e in examples) + "\n\n" + \
-        errors.EXIT_CODE_TABLE
+def help_epilog(examples: Sequence[str], exit_codes: Sequence[int] | None = None) -> str:
+    """The end of every --help: examples, then the exit codes this command can give."""
+    return "examples:\n" + "\n".join(f"  {e}" for e in examples) + "\n\n" + \
+        errors.exit_code_table(exit_codes)
+
+
+def make_parser(prog: str, description: str, examples: Sequence[str],
+                exit_codes: Sequence[int] | None = None) -> argparse.ArgumentParser:
+    """An ArgumentParser whose --help ends with examples and the exit-code table.
+
+    exit_codes: the codes this script can give (default: all of the contract's).
+    """
+    epilog = help_epilog(examples, exit_codes)
     parser = argparse.ArgumentParser(
         prog=prog, description=description, epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -16,17 +16,28 @@ AUTH = 6
 UNAVAILABLE = 7
 INTERRUPTED = 130
 
-EXIT_CODE_TABLE = """\
-exit codes:
-  0    done, fully successful
-  1    internal error (a bug): report it
-  2    invalid input or usage; nothing was sent: fix what the message names
-  3    not finished yet; partial results saved: run the suggested command later
-  4    finished, but some requests failed or are missing; retry file written
-  5    a batch failed, was cancelled or expired; partial results saved
-  6    authentication, permission or credit problem: fix the key or account
-  7    service unavailable or network failure after all retries: re-run later
-  130  interrupted (Ctrl-C); state is saved: re-run the same command to resume"""
+EXIT_CODE_MEANINGS = {
+    OK: "done, fully successful",
+    INTERNAL: "internal error (a bug): report it",
+    INVALID_INPUT: "invalid input or usage; nothing was sent: fix what the message names",
+    NOT_FINISHED: "not finished yet; partial results saved: run the suggested command later",
+    PARTIAL_FAILURE: "finished, but some requests failed or are missing; retry file written",
+    BATCH_UNSUCCESSFUL: "a batch failed, was cancelled or expired; partial results saved",
+    AUTH: "authentication, permission or credit problem: fix the key or account",
+    UNAVAILABLE: "service unavailable or network failure after all retries: re-run later",
+    INTERRUPTED: "interrupted (Ctrl-C); state is saved: re-run the same command to resume",
+}
+
+LOCAL_EXIT_CODES = (OK, INTERNAL, INVALID_INPUT, INTERRUPTED)
+
+
+def exit_code_table(codes=None) -> str:
+    """The --help table of the exit codes a script can give (all of them by default)."""
+    chosen = sorted(EXIT_CODE_MEANINGS if codes is None else codes)
+    return "exit codes:\n" + "\n".join(f"  {c:<4} {EXIT_CODE_MEANINGS[c]}" for c in chosen)
+
+
+EXIT_CODE_TABLE = exit_code_table()
 
 
 class DWError(Exception):
