@@ -226,6 +226,8 @@ def test_running_batch_is_exit_3_with_the_same_poll_command_next(sb):
     assert code == 3 and out["ok"] is False
     assert out["batches"][0]["state"] == "validating"
     assert out["next"].endswith(f"poll.py {b['id']} --json")
+    assert out["check_again_in_seconds"] == 600, "ETA unknown: look again in 10 minutes"
+    assert "again in about 10m" in out["hint"]
     sb.advance(b["id"], 2)
     code, out = poll(sb, b["id"])
     assert code == 3

@@ -154,3 +154,12 @@ def test_render_line_running_and_done():
     assert "ETA ~50s" in line and "expires in 23h" in line
     done = status.render_batch_line(status.batch_view(batch("completed", completed=10), None, 0))
     assert "ETA" not in done and "10/10 done (100%)" in done
+
+
+def test_recheck_after_is_half_the_eta_within_a_minute_and_an_hour():
+    from dwbatch.polling import recheck_after
+
+    assert recheck_after(None) == 600
+    assert recheck_after(30) == 60
+    assert recheck_after(1800) == 900
+    assert recheck_after(20 * 3600) == 3600

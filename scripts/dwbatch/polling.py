@@ -418,7 +418,8 @@ def report(tracker: Tracker, waited: WaitOutcome | None, raw_targets: list[str])
             lines.append(status.render_batch_line(view))
             lines.extend(f"  note: {n}" for n in view["notes"])
     agg_all = status.aggregate(all_views)
-    hint, next_cmd = advice(code, raw_targets, tracker, waited)
+    recheck = recheck_after(agg_all["eta_seconds"]) if code == errors.NOT_FINISHED else None
+    hint, next_cmd = advice(code, raw_targets, tracker, waited, recheck)
     fields = {
         "state": agg_all["state"],
         "request_counts": agg_all["request_counts"],
@@ -427,6 +428,7 @@ def report(tracker: Tracker, waited: WaitOutcome | None, raw_targets: list[str])
         "jobs": jobs,
         "batches": flat,
         "status_calls": tracker.calls,
+        "check_again_in_seconds": recheck,
         "hint": hint,
     }
     if waited is not None:
@@ -443,8 +445,16 @@ def report(tracker: Tracker, waited: WaitOutcome | None, raw_targets: list[str])
     return cli.Result(fields, "\n".join(lines), code, next_cmd)
 
 
+def recheck_after(eta: float | None) -> int:
+    """When an agent should look again: half the ETA, kept between 1 minute and 1 hour
+    (10 minutes while the ETA is unknown). Checking more often only spends calls."""
+    if eta is None:
+        return 600
+    return int(min(3600, max(60, eta / 2)))
+
+
 def advice(code: int, raw_targets: list[str], tracker: Tracker,
-           waited: WaitOutcome | None) -> tuple[str, str]:
+           waited: WaitOutcome | None, recheck: int | None = None) -> tuple[str, str]:
     """(what it means, the next command) for an exit code."""
     poll_cmd = cli.script_command("poll.py", *raw_targets, "--json")
     fetch_cmd = cli.script_command("fetch_results.py", *raw_targets, "--json")
@@ -452,9 +462,10 @@ def advice(code: int, raw_targets: list[str], tracker: Tracker,
         return ("interrupted: nothing was cancelled; check again with the next command",
                 poll_cmd)
     if code == errors.NOT_FINISHED:
-        return ("not finished yet: run the next command again later (e.g. in a few minutes;"
-                " no need to sleep in a loop). fetch_results.py can already save partial"
-                " results", poll_cmd)
+        return ("not finished yet: run the next command again in about "
+                f"{status.format_duration(recheck or 600)} (do other work meanwhile, or end your"
+                " turn and resume with it; no need to sleep in a loop). fetch_results.py can"
+                " already save partial results", poll_cmd)
     if code == errors.OK:
         return "all batches completed with no failed requests: fetch the results", fetch_cmd
     if code == errors.PARTIAL_FAILURE:
