@@ -83,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "lines")
     p.add_argument("--template", metavar="TEXT|@FILE",
                    help="prompt template with {column} placeholders ({{ and }} for literal "
-                        "braces); for .txt input the line is {prompt}")
+                        "braces); for .txt input the line is {prompt}. Text is used as "
+                        "given (a typed \\n stays two characters): put a multi-line template "
+                        "in a file and pass @FILE")
     p.add_argument("--prompt-column", metavar="COLUMN",
                    help="use this column/field as the prompt (default: a field named "
                         "'prompt')")
@@ -105,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
                         '--param \'logit_bias={"50256": -100}\' (repeatable)')
     p.add_argument("--response-format", metavar="SCHEMA.json",
                    help="structured output: a JSON Schema file, sent as response_format of "
-                        "type json_schema (text.format for responses)")
+                        "type json_schema (text.format for responses) with strict: true and "
+                        "the file's name as the schema name. Strict mode wants every property "
+                        "in `required` and additionalProperties: false")
     p.add_argument("--max-file-bytes", type=limits.size_arg, default=limits.MAX_FILE_BYTES,
                    metavar="N",
                    help=f"largest output file, bytes or 200MB/100MiB (default "
