@@ -1,10 +1,10 @@
 """Downloading a 1,000,000-line output file: fetch_results.py against `curl`, same sandbox.
 
-Builds (once, under benchmarks/work/, gitignored) a batch file of N short chat requests,
-starts scripts/sandbox_server.py on an ephemeral loopback port (--rate 0: the batch finishes
-in seconds), submits it with submit.py as one shard, waits until the batch has completed, and
-then measures, one process at a time, wall time and peak resident memory (kernel rusage of
-that process) of:
+Builds a batch file of N short chat requests under benchmarks/work/ (gitignored; removed
+afterwards unless --keep, reused when present), starts scripts/sandbox_server.py on an
+ephemeral loopback port (--rate 0: the batch finishes in seconds), submits it with submit.py
+as one shard, waits until the batch has completed, and then measures, one process at a time,
+wall time and peak resident memory (kernel rusage of that process) of:
 
   curl                 curl -o FILE .../files/{output_file_id}/content (the baseline)
   download only        dwbatch.download.download_file: the incremental downloader alone
@@ -13,7 +13,8 @@ that process) of:
   fetch_results.py #2  the same command again: nothing new to download (one skip= request),
                        the join is redone
 
-The raw copy fetch_results.py keeps must equal curl's file byte for byte.
+The raw copy fetch_results.py keeps must equal curl's file byte for byte. Targets: peak
+memory under 100 MB, the download at least half as fast as curl (wall at most 2x curl's).
 
     python3 benchmarks/bench_download.py                    # 1,000,000 lines
     python3 benchmarks/bench_download.py --requests 100000  # quick
@@ -21,91 +22,15 @@ The raw copy fetch_results.py keeps must equal curl's file byte for byte.
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-import json
 import os
-import re
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
 
-import requests
+import common
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-SCRIPTS = os.path.join(ROOT, "scripts")
-BENCH_KEY = "dw-bench-download-key-0000"
-
-
-def ensure_input(n: int) -> str:
-    work = os.path.join(HERE, "work")
-    os.makedirs(work, exist_ok=True)
-    path = os.path.join(work, f"download-{n}.jsonl")
-    if os.path.exists(path):
-        return path
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        for i in range(n):
-            f.write(json.dumps({
-                "custom_id": f"req-{i:08d}", "method": "POST", "url": "/v1/chat/completions",
-                "body": {"model": "sandbox-chat", "max_tokens": 32,
-                         "messages": [{"role": "user", "content": f"tell me about item {i}"}]}},
-                separators=(",", ":")) + "\n")
-    os.replace(path + ".tmp", path)
-    return path
-
-
-def start_sandbox() -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen(
-        [sys.executable, os.path.join(SCRIPTS, "sandbox_server.py"), "--port", "0",
-         "--api-key", BENCH_KEY, "--rate", "0", "--max-file-bytes", str(2_000_000_000)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        m = re.search(r"(http://127\.0\.0\.1:\d+/v1)", line or "")
-        if m:
-            return proc, m.group(1)
-        if not line:
-            break
-    proc.kill()
-    raise SystemExit("the sandbox did not start")
-
-
-def measure(cmd: list[str], env: dict | None = None, cwd: str | None = None
-            ) -> tuple[float, float, int, str]:
-    """(wall seconds, peak RSS in MB, exit status, stdout) of one child process."""
-    with tempfile.TemporaryFile() as out:
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.DEVNULL, env=env, cwd=cwd)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - start
-        out.seek(0)
-        text = out.read().decode("utf-8", "replace")
-    peak_mb = usage.ru_maxrss / (1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0)
-    return wall, peak_mb, os.waitstatus_to_exitcode(status), text
-
-
-def sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def wait_completed(base_url: str, batch_id: str, timeout: float = 900) -> dict:
-    deadline = time.monotonic() + timeout
-    headers = {"Authorization": f"Bearer {BENCH_KEY}"}
-    while time.monotonic() < deadline:
-        batch = requests.get(f"{base_url}/batches/{batch_id}", headers=headers, timeout=60).json()
-        if batch.get("status") in ("completed", "failed", "cancelled", "expired"):
-            return batch
-        time.sleep(0.5)
-    raise SystemExit(f"batch {batch_id} did not finish in {timeout:.0f} s")
-
+MEMORY_TARGET_MB = 100.0
+SPEED_TARGET = 2.0
 
 DOWNLOAD_ONLY = """\
 import json, os, sys
@@ -126,78 +51,96 @@ print(json.dumps(res.as_dict()))
 """
 
 
+def ensure_input(n: int) -> str:
+    def lines():
+        for i in range(n):
+            yield common.dumps_line(common.chat_request(
+                f"req-{i:08d}", f"tell me about item {i}", max_tokens=32))
+    return common.write_once(common.work_path(f"download-{n}.jsonl"), lines)
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=1_000_000)
+    parser = common.parser_for(__doc__)
+    parser.add_argument("--requests", "--lines", type=int, default=1_000_000,
+                        help="requests, so output lines (default 1,000,000)")
+    common.add_common_args(parser)
     args = parser.parse_args()
-    if not shutil.which("curl"):
-        raise SystemExit("curl is needed for the baseline")
+    common.need_curl()
     n = args.requests
     source = ensure_input(n)
-    sandbox, base_url = start_sandbox()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DOUBLEWORD_")}
-    env.update(DOUBLEWORD_API_KEY=BENCH_KEY, DOUBLEWORD_BASE_URL=base_url)
+    report = common.Report("download", "Download of a big output file vs curl")
     rows = []
     try:
-        with tempfile.TemporaryDirectory(dir=os.path.join(HERE, "work")) as tmp:
+        with common.start_sandbox("--rate", "0", "--max-file-bytes", str(2_000_000_000)) \
+                as sandbox, tempfile.TemporaryDirectory(dir=common.work_path()) as tmp:
+            env = common.script_env(sandbox.base_url)
             job_input = os.path.join(tmp, "bench.jsonl")
             os.link(source, job_input)
             t0 = time.perf_counter()
-            done = subprocess.run(
-                [sys.executable, os.path.join(SCRIPTS, "submit.py"), job_input,
-                 "--max-requests", str(n), "--max-file-bytes", "2GB", "--json"],
-                env=env, capture_output=True, text=True)
-            sub = json.loads(done.stdout or "{}")
-            if done.returncode != 0:
-                raise SystemExit(f"submit.py failed: {done.stdout} {done.stderr}")
-            batch = wait_completed(base_url, sub["batch_ids"][0])
-            print(f"{n:,} requests submitted and completed in {time.perf_counter() - t0:.1f} s")
+            m = common.measure(common.script("submit.py", job_input, "--max-requests", str(n),
+                                             "--max-file-bytes", "2GB", "--json"), env=env)
+            if m.exit_code != 0:
+                raise SystemExit(f"submit.py failed: {m.stdout}")
+            batch = sandbox.wait_batch(m.json()["batch_ids"][0])
+            report.info.append(f"{n:,} requests submitted and completed in "
+                               f"{time.perf_counter() - t0:.1f} s")
             out_id = batch["output_file_id"]
-            url = f"{base_url}/files/{out_id}/content"
 
-            header_file = os.path.join(tmp, "auth.txt")  # keeps the key off curl's argv
-            with open(header_file, "w") as f:
-                f.write(f"Authorization: Bearer {BENCH_KEY}\n")
             curl_file = os.path.join(tmp, "curl.jsonl")
-            wall, peak, code, _ = measure(["curl", "-sS", "-H", f"@{header_file}", "-o",
-                                           curl_file, url])
+            m = common.measure(["curl", "-sS", "-H", f"@{common.curl_header_file(tmp)}", "-o",
+                                curl_file, f"{sandbox.base_url}/files/{out_id}/content"])
             size = os.path.getsize(curl_file)
-            with open(curl_file, "rb") as f:
-                lines = sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
-            rows.append(("curl", wall, peak, code == 0 and lines == n))
-            expected_sha = sha256_of(curl_file)
+            rows.append(("curl (baseline)", m,
+                         m.exit_code == 0 and common.count_lines(curl_file) == n))
+            expected_sha = common.sha256_of(curl_file)
+            os.unlink(curl_file)
 
             only = os.path.join(tmp, "only.jsonl")
-            wall, peak, code, out = measure(
-                [sys.executable, "-c", DOWNLOAD_ONLY.format(scripts=SCRIPTS, file_id=out_id,
-                                                             path=only)], env=env)
-            ok = code == 0 and json.loads(out or "{}").get("lines") == n and \
-                sha256_of(only) == expected_sha
-            rows.append(("download only (dwbatch.download)", wall, peak, ok))
+            m = common.measure([sys.executable, "-c", DOWNLOAD_ONLY.format(
+                scripts=common.SCRIPTS, file_id=out_id, path=only)], env=env)
+            rows.append(("download only (dwbatch.download)", m,
+                         m.exit_code == 0 and m.json().get("lines") == n
+                         and common.sha256_of(only) == expected_sha))
             os.unlink(only)
 
-            fetch = [sys.executable, os.path.join(SCRIPTS, "fetch_results.py"), "bench.job.json",
-                     "--json"]
+            raw = os.path.join(tmp, "bench.raw", f"{batch['id']}.output.jsonl")
             for label in ("fetch_results.py (download + join)",
                           "fetch_results.py again (nothing new)"):
-                wall, peak, code, out = measure(fetch, env=env, cwd=tmp)
-                res = json.loads(out or "{}")
-                raw = os.path.join(tmp, "bench.raw", f"{batch['id']}.output.jsonl")
-                ok = code == 0 and res.get("counts", {}).get("ok") == n and \
-                    sha256_of(raw) == expected_sha
-                rows.append((label, wall, peak, ok))
+                m = common.measure(common.script("fetch_results.py", "bench.job.json", "--json"),
+                                   env=env, cwd=tmp)
+                rows.append((label, m, m.exit_code == 0
+                             and m.json().get("counts", {}).get("ok") == n
+                             and common.sha256_of(raw) == expected_sha))
     finally:
-        sandbox.terminate()
-        sandbox.wait(timeout=30)
+        if not args.keep:
+            common.remove(source)
 
-    base_wall, base_peak = rows[0][1], rows[0][2]
-    print(f"output file: {n:,} lines, {size / 1e6:.1f} MB")
-    print(f"{'client':<40} {'wall s':>8} {'peak MB':>9} {'wall x curl':>12}  ok")
-    for name, wall, peak, ok in rows:
-        print(f"{name:<40} {wall:8.2f} {peak:9.1f} {wall / base_wall:12.2f}  "
-              f"{'yes' if ok else 'NO'}")
-    print(f"(curl peak memory: {base_peak:.1f} MB)")
-    return 0 if all(r[3] for r in rows) else 1
+    base = rows[0][1]
+    report.info.append(f"output file: {n:,} lines, {size / 1e6:.1f} MB")
+    table = report.table("Download, same output file, same sandbox, one process at a time",
+                         ["client", "wall s", "peak MB", "wall x curl", "mem x curl", "ok"],
+                         ["", ".2f", ".1f", "{:.2f}x", "{:.2f}x"])
+    for name, m, ok in rows:
+        table.add(name, m.wall, m.peak_mb, m.wall / base.wall, m.peak_mb / base.peak_mb, ok)
+        if not ok:
+            report.problems.append(f"{name}: exit {m.exit_code}, wrong or missing lines "
+                                   f"({m.stdout[:300]!r})")
+    only, fetch = rows[1][1], rows[2][1]
+    table.notes.append(
+        "ok = every line arrived and the copy equals curl's byte for byte (fetch_results.py: "
+        "also every request reconciled as ok).")
+    table.notes.append(
+        f"fetch_results.py end to end is {fetch.wall / base.wall:.2f}x curl: besides the "
+        "download it checks the batch, fetches the error file and joins every request "
+        "into the results file (the join alone: see the reconciliation table).")
+    for name, m, _ in rows[1:]:
+        report.check(f"{name.split(' (')[0]} peak memory < {MEMORY_TARGET_MB:.0f} MB",
+                     f"{m.peak_mb:.1f} MB", m.peak_mb < MEMORY_TARGET_MB)
+    report.check(f"download at least half as fast as curl (download only wall <= "
+                 f"{SPEED_TARGET:g}x curl)", f"{only.wall / base.wall:.2f}x",
+                 only.wall <= SPEED_TARGET * base.wall)
+    report.data.update(lines=n, size=size, rows={r[0]: [r[1].wall, r[1].peak_mb] for r in rows})
+    return common.finish(report, args)
 
 
 if __name__ == "__main__":

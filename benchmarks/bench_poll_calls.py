@@ -16,52 +16,33 @@ the job-file-free poll of a bare batch id.
 The same loop is also run over a fake clock and a fake server (exact and instant), so the
 numbers do not depend on this machine's speed. Both sandbox runs happen at the same time.
 
+Target: well under 200 status calls per simulated hour (checked as at most 100, against the
+fixed 2 s poll's 1,800).
+
 Usage: python3 benchmarks/bench_poll_calls.py [--scale 30] [--requests 1200]
 (takes about 3600/scale seconds: 2 minutes by default).
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
-import os
-import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 
+import common
 import requests
+from dwbatch import polling
 
-ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = ROOT / "scripts"
-KEY = "bench-key-not-secret"
+KEY = common.BENCH_KEY
 SIM_SECONDS = 3600.0
-
-
-def start_sandbox(rate: float) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, str(SCRIPTS / "sandbox_server.py"), "--port", "0", "--api-key", KEY,
-           "--enable-faults", "--rate", str(rate)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        m = re.search(r"(http://127\.0\.0\.1:\d+/v1)", line or "")
-        if m:
-            return proc, m.group(1)
-        if not line:
-            break
-    proc.kill()
-    raise SystemExit("the sandbox did not start")
+CALLS_TARGET = 100  # "well under 200" per simulated hour
 
 
 def create_batch(base_url: str, n: int) -> str:
     headers = {"Authorization": f"Bearer {KEY}"}
-    lines = "".join(json.dumps({
-        "custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
-        "body": {"model": "sandbox-chat", "messages": [{"role": "user", "content": f"q {i}"}]},
-    }) + "\n" for i in range(n))
+    lines = "".join(common.dumps_line(common.chat_request(f"r{i}", f"q {i}")) for i in range(n))
     r = requests.post(base_url + "/files", headers=headers, timeout=30,
                       files={"file": ("bench.jsonl", io.BytesIO(lines.encode()))},
                       data={"purpose": "batch"})
@@ -73,17 +54,15 @@ def create_batch(base_url: str, n: int) -> str:
     return r.json()["id"]
 
 
-def status_calls(root_url: str, batch_id: str) -> int:
-    calls = requests.get(root_url + "/_sandbox/calls", timeout=30).json()["calls"]
-    return sum(1 for c in calls
+def status_calls(sandbox: common.Sandbox, batch_id: str) -> int:
+    return sum(1 for c in sandbox.calls()
                if c["method"] == "GET" and c["path"] == f"/v1/batches/{batch_id}")
 
 
 def start_wait(base_url: str, batch_id: str, interval: float, scale: float):
-    env = dict(os.environ, DOUBLEWORD_API_KEY=KEY, DOUBLEWORD_BASE_URL=base_url,
-               DWBATCH_TIME_SCALE=str(scale))
-    return subprocess.Popen([sys.executable, str(SCRIPTS / "poll.py"), batch_id, "--wait",
-                             "--interval", str(interval), "--json"],
+    env = common.script_env(base_url, DWBATCH_TIME_SCALE=str(scale))
+    return subprocess.Popen(common.script("poll.py", batch_id, "--wait",
+                                          "--interval", str(interval), "--json"),
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -118,9 +97,6 @@ class FakeClock:
 
 def model_calls(cap: float, total: int = 3600) -> tuple[int, float]:
     """The same wait loop over a fake clock and a fake server: exact, instant."""
-    sys.path.insert(0, str(SCRIPTS))
-    from dwbatch import polling
-
     clock = FakeClock()
 
     def get(batch_id: str) -> dict:
@@ -134,48 +110,56 @@ def model_calls(cap: float, total: int = 3600) -> tuple[int, float]:
     return tracker.calls, clock.t
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main() -> int:
+    parser = common.parser_for(__doc__)
     parser.add_argument("--scale", type=float, default=30.0,
                         help="simulated seconds per real second (default 30: 2 minutes)")
     parser.add_argument("--requests", type=int, default=1200,
                         help="requests in each batch (default 1200)")
+    common.add_common_args(parser)
     args = parser.parse_args()
     real_seconds = SIM_SECONDS / args.scale
     rate = args.requests / real_seconds
+    methods = (("poll.py --wait (growing, cap 60 s)", 60.0),
+               ("fixed 2 s poll (poll.py --interval 2)", 2.0))
     rows = []
-    for label, cap in (("poll.py --wait (growing, cap 60 s)", 60.0),
-                       ("fixed 2 s poll (--interval 2)", 2.0)):
+    for label, cap in methods:
         calls, sim = model_calls(cap)
         rows.append(("model (fake clock)", label, calls, sim))
-    proc, base_url = start_sandbox(rate)
-    root_url = base_url[: -len("/v1")]
-    try:
+    with common.start_sandbox("--enable-faults", "--rate", str(rate)) as sandbox:
         runs = []
-        for label, interval in (("poll.py --wait (growing, cap 60 s)", 60.0),
-                                ("fixed 2 s poll (--interval 2)", 2.0)):
-            batch_id = create_batch(base_url, args.requests)
-            runs.append((label, batch_id, start_wait(base_url, batch_id, interval, args.scale)))
-        latency = call_latency(base_url, runs[0][1])
+        for label, interval in methods:
+            batch_id = create_batch(sandbox.base_url, args.requests)
+            runs.append((label, batch_id, start_wait(sandbox.base_url, batch_id, interval,
+                                                     args.scale)))
+        latency = call_latency(sandbox.base_url, runs[0][1])
         for label, batch_id, wait_proc in runs:
             sim = finish_wait(wait_proc)
-            rows.append(("sandbox (real HTTP)", label, status_calls(root_url, batch_id), sim))
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-    print(f"one simulated hour: sandbox batches of {args.requests} requests at {rate:g}/s "
-          f"= {real_seconds:g} s real, poll.py clock x{args.scale:g} (DWBATCH_TIME_SCALE)")
-    print(f"{'run':<20} {'method':<36} {'status calls':>12} {'simulated':>10}")
+            rows.append(("sandbox (real HTTP)", label, status_calls(sandbox, batch_id), sim))
+
+    report = common.Report("poll", "Status calls for a batch that runs one simulated hour")
+    report.info.append(
+        f"one simulated hour: sandbox batches of {args.requests} requests at {rate:g}/s = "
+        f"{real_seconds:g} s real, poll.py clock x{args.scale:g} (DWBATCH_TIME_SCALE); both "
+        "sandbox runs at the same time")
+    table = report.table("Status calls (GET /batches/{id}) until the batch has ended",
+                         ["run", "method", "status calls", "simulated min", "calls x ours"],
+                         ["", "", ",", ".1f", "{:.1f}x"])
     for kind, label, calls, sim in rows:
-        print(f"{kind:<20} {label:<36} {calls:>12} {sim / 60:>6.1f} min")
-    for kind in ("model (fake clock)", "sandbox (real HTTP)"):
-        ours, fixed = [r[2] for r in rows if r[0] == kind]
-        print(f"{kind}: the fixed 2 s poll makes {fixed / max(1, ours):.1f}x as many calls")
+        ours = next(r[2] for r in rows if r[0] == kind)
+        table.add(kind, label, calls, sim / 60, calls / max(1, ours))
     sim_latency = latency * args.scale
-    print(f"status call latency: {latency * 1000:.1f} ms real = {sim_latency:.1f} s simulated"
-          + ("  (WARNING: longer than the 2 s interval, so the sandbox baseline is "
-             "undercounted; lower --scale)" if sim_latency >= 2.0 else ""))
+    table.notes.append(f"status call latency {latency * 1000:.1f} ms real = {sim_latency:.1f} s "
+                       "simulated" + ("; WARNING: longer than the 2 s interval, so the "
+                                      "sandbox baseline is undercounted: lower --scale"
+                                      if sim_latency >= 2.0 else ""))
+    for kind, label, calls, _ in rows:
+        if label.startswith("poll.py --wait"):
+            report.check(f"poll.py --wait well under 200 status calls per simulated hour "
+                         f"(<= {CALLS_TARGET}), {kind}", f"{calls} calls", calls <= CALLS_TARGET)
+    report.data.update(rows=rows, latency=latency)
+    return common.finish(report, args)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

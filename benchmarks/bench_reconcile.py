@@ -1,6 +1,7 @@
 """Reconciling 1,000,000 requests: fetch_results.py --offline on a job whose raw copies exist.
 
-Generates (once, under benchmarks/work/, gitignored) a job of N chat requests as
+Generates (under benchmarks/work/, gitignored; removed afterwards unless --keep, reused when
+present) a job of N chat requests as
 submit.py records it, plus raw output and error files as the service writes them: in a
 shuffled completion order, 1% failed (JSON-text error messages), 1% truncated, and a
 structured-output slice (JSON Schema) with a few schema-invalid answers. Then runs the real
@@ -17,19 +18,15 @@ byte offsets in a temporary file; no result is held in a dict).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
 import random
-import subprocess
 import sys
-import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-SCRIPTS = os.path.join(ROOT, "scripts")
+import common
+
 MEMORY_TARGET_MB = 500.0
 BATCH_ID = "00000000-0000-4000-8000-00000000b001"
 SCHEMA = {"type": "object", "properties": {"answer": {"type": "string"}},
@@ -47,13 +44,12 @@ def kind_of(i: int) -> str:
 
 
 def request_line(i: int) -> dict:
-    body = {"model": "sandbox-chat", "max_tokens": 64,
-            "messages": [{"role": "user", "content": f"question number {i}: say something"}]}
+    req = common.chat_request(f"req-{i:08d}", f"question number {i}: say something",
+                              max_tokens=64)
     if kind_of(i).startswith("structured"):
-        body["response_format"] = {"type": "json_schema",
-                                   "json_schema": {"name": "a", "schema": SCHEMA}}
-    return {"custom_id": f"req-{i:08d}", "method": "POST", "url": "/v1/chat/completions",
-            "body": body}
+        req["body"]["response_format"] = {"type": "json_schema",
+                                          "json_schema": {"name": "a", "schema": SCHEMA}}
+    return req
 
 
 def result_line(i: int) -> tuple[str, dict]:
@@ -82,7 +78,7 @@ def result_line(i: int) -> tuple[str, dict]:
 
 def ensure_job(n: int) -> str:
     """The job folder (reused when complete): input, job file, raw output and error files."""
-    folder = os.path.join(HERE, "work", f"reconcile-{n}")
+    folder = common.work_path(f"reconcile-{n}")
     job_path = os.path.join(folder, "bench.job.json")
     if os.path.exists(job_path):
         return job_path
@@ -129,19 +125,6 @@ def ensure_job(n: int) -> str:
     return job_path
 
 
-def measure(cmd: list[str], cwd: str) -> tuple[float, float, int, str]:
-    """(wall seconds, peak RSS in MB, exit status, stdout) of one child process."""
-    with tempfile.TemporaryFile() as out:
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.DEVNULL, cwd=cwd)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - start
-        out.seek(0)
-        text = out.read().decode("utf-8", "replace")
-    peak_mb = usage.ru_maxrss / (1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0)
-    return wall, peak_mb, os.waitstatus_to_exitcode(status), text
-
-
 def check_results(path: str, n: int) -> str | None:
     """None when the results file is right, else what is wrong."""
     with open(path, encoding="utf-8") as f:
@@ -162,26 +145,44 @@ def check_results(path: str, n: int) -> str | None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=1_000_000)
+    parser = common.parser_for(__doc__)
+    parser.add_argument("--requests", "--lines", type=int, default=1_000_000,
+                        help="requests to reconcile (default 1,000,000)")
+    common.add_common_args(parser)
     args = parser.parse_args()
+    n = args.requests
     t0 = time.perf_counter()
-    job = ensure_job(args.requests)
+    job = ensure_job(n)
     folder = os.path.dirname(job)
-    print(f"job: {job} (prepared in {time.perf_counter() - t0:.1f} s)")
-    wall, peak, code, out = measure(
-        [sys.executable, os.path.join(SCRIPTS, "fetch_results.py"), os.path.basename(job),
-         "--offline", "--json"], cwd=folder)
-    result = json.loads(out or "{}")
-    problem = check_results(os.path.join(folder, "bench.results.jsonl"), args.requests)
-    print(f"fetch_results.py --offline: exit {code}, {result.get('records')} records, "
-          f"counts {result.get('counts')}, retry file {result.get('retry_requests')} lines")
-    print(f"wall {wall:.1f} s ({args.requests / wall:,.0f} requests/s), "
-          f"peak memory {peak:.1f} MB (target < {MEMORY_TARGET_MB:.0f} MB)")
-    print("results file check: " + (problem or "every record in input order, own answer"))
-    ok = code == 4 and problem is None and peak < MEMORY_TARGET_MB
-    print("PASS" if ok else "FAIL")
-    return 0 if ok else 1
+    prepared = time.perf_counter() - t0
+    try:
+        m = common.measure(common.script("fetch_results.py", os.path.basename(job), "--offline",
+                                         "--json"), cwd=folder)
+        result = m.json()
+        problem = check_results(os.path.join(folder, "bench.results.jsonl"), n)
+        raw_bytes = common.tree_bytes(os.path.join(folder, "bench.raw"))
+    finally:
+        if not args.keep:
+            common.remove(folder)
+    report = common.Report("reconcile", "Reconciliation of results")
+    report.info.append(f"job: {os.path.relpath(job, common.ROOT)} (prepared in {prepared:.1f} "
+                       f"s; raw output + error files {raw_bytes / 1e6:.1f} MB, shuffled order)")
+    table = report.table(f"Reconciliation of {n:,} requests (fetch_results.py --offline: "
+                         "the join alone, no network)",
+                         ["command", "requests", "wall s", "requests/s", "peak MB", "exit",
+                          "results file"], ["", ",", ".1f", ",.0f", ".1f", ""])
+    table.add("fetch_results.py --offline", n, m.wall, n / m.wall, m.peak_mb, m.exit_code,
+              problem or "one record per request, input order, own answer")
+    table.notes.append(f"counts {result.get('counts')}; retry file "
+                       f"{result.get('retry_requests')} lines; exit 4 is expected (the "
+                       "generated job has failed, truncated and schema-invalid answers)")
+    if problem or m.exit_code != 4 or result.get("records") != n:
+        report.problems.append(f"fetch_results.py --offline: exit {m.exit_code}, "
+                               f"{result.get('records')} records; {problem or 'no check'}")
+    report.check(f"reconciliation of {n:,} peak memory < {MEMORY_TARGET_MB:.0f} MB",
+                 f"{m.peak_mb:.1f} MB", m.peak_mb < MEMORY_TARGET_MB)
+    report.data.update(requests=n, wall=m.wall, peak_mb=m.peak_mb)
+    return common.finish(report, args)
 
 
 if __name__ == "__main__":

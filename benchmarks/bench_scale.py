@@ -1,0 +1,207 @@
+"""Scale: the largest job run through the real scripts, and what grows with it.
+
+Runs the mixed prompts job (1% failing, 1% truncated; see common.mixed_prompt) of N requests
+(default 1,000,000) through create_batch_file.py -> submit.py -> poll.py --wait ->
+fetch_results.py (and fetch_results.py once more, nothing new to fetch) against the sandbox
+(--rate 0), split into shards of --max-requests (default 50,000, the hosted service's cap:
+20 shards, 20 batches). Every step is one process: wall time, peak memory (kernel rusage),
+HTTP calls (the sandbox's call log), the peak size of its temporary files (TMPDIR pointed at a
+watched folder) and the bytes on disk afterwards are recorded, and the results file is checked
+(one record per request, input order, own answer, failures and truncations flagged).
+
+The same job at N/10 is run first, so each step's growth is measured (two points, same run)
+rather than guessed: the "what breaks first" table extrapolates each step's peak memory,
+temporary space and time linearly from those two points.
+
+    python3 benchmarks/bench_scale.py                          # 1,000,000 (and 100,000)
+    python3 benchmarks/bench_scale.py --requests 20000 --max-requests 5000   # quick
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+import threading
+import time
+
+import common
+import requests
+
+STEPS = ("create_batch_file.py", "submit.py", "poll.py --wait", "fetch_results.py",
+         "fetch_results.py again")
+MEMORY_LIMITS_MB = (100.0, 500.0, 1024.0)
+
+
+class DirWatcher:
+    """Largest total size a folder reaches while a step runs (sampled every 50 ms)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.peak = max(self.peak, common.tree_bytes(self.path))
+            except OSError:
+                pass
+            self._stop.wait(0.05)
+
+    def __enter__(self) -> DirWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def step_argv(name: str, folder: str, max_requests: int) -> list[str]:
+    if name == "create_batch_file.py":
+        return ["create_batch_file.py", "prompts.txt", "-o", "batch.jsonl", "--model",
+                "sandbox-chat", "--max-tokens", str(common.MIXED_MAX_TOKENS),
+                "--max-requests", str(max_requests), "--json"]
+    if name == "submit.py":
+        files = sorted(os.path.basename(p) for p in glob.glob(os.path.join(folder,
+                                                                           "batch*.jsonl")))
+        return ["submit.py", *files, "--job", "batch.job.json", "--max-requests",
+                str(max_requests), "--json"]
+    if name == "poll.py --wait":
+        return ["poll.py", "batch.job.json", "--wait", "--json"]
+    return ["fetch_results.py", "batch.job.json", "--json"]
+
+
+def run_job(n: int, max_requests: int, keep: bool) -> dict:
+    """One job of n requests through every step; the numbers of each step."""
+    folder = common.work_path(f"scale-{n}")
+    common.remove(folder)
+    tmp = os.path.join(folder, "tmp")
+    os.makedirs(tmp)
+    t0 = time.perf_counter()
+    common.write_mixed_prompts(os.path.join(folder, "prompts.txt"), n)
+    out: dict = {"requests": n, "max_requests": max_requests, "steps": {},
+                 "prompts_s": time.perf_counter() - t0}
+    try:
+        with common.start_sandbox("--enable-faults", "--rate", "0",
+                                  "--max-file-bytes", str(2_000_000_000)) as sandbox:
+            env = common.script_env(sandbox.base_url, TMPDIR=tmp)
+            for name in STEPS:
+                requests.delete(sandbox.root_url + "/_sandbox/calls", timeout=60)
+                with DirWatcher(tmp) as watch:
+                    m = common.measure(common.script(*step_argv(name, folder, max_requests)),
+                                       env=env, cwd=folder)
+                calls = sandbox.calls()
+                if m.exit_code not in (0, 4):
+                    raise SystemExit(f"{name} ({n:,} requests) exited {m.exit_code}: "
+                                     f"{m.stdout[:2000]}")
+                out["steps"][name] = {"wall": m.wall, "peak_mb": m.peak_mb, "calls": len(calls),
+                                      "status_calls": sum(1 for c in calls if c["method"] == "GET"
+                                                          and c["path"].startswith("/v1/batches/")),
+                                      "tmp_peak": watch.peak, "exit": m.exit_code,
+                                      "result": m.json()}
+            out["sandbox_peak_mb"] = sandbox.peak_mb()
+        shards = sorted(glob.glob(os.path.join(folder, "batch-*.jsonl"))) or \
+            [os.path.join(folder, "batch.jsonl")]
+        out["shards"] = len(shards)
+        out["bytes"] = {
+            "prompts": os.path.getsize(os.path.join(folder, "prompts.txt")),
+            "batch files": sum(os.path.getsize(p) for p in shards),
+            "raw downloads": common.tree_bytes(os.path.join(folder, "batch.raw")),
+            "results file": os.path.getsize(os.path.join(folder, "batch.results.jsonl")),
+            "retry file": os.path.getsize(os.path.join(folder, "batch.retry.jsonl")),
+            "job file": os.path.getsize(os.path.join(folder, "batch.job.json")),
+        }
+        out["check"] = common.check_results_file(os.path.join(folder, "batch.results.jsonl"), n)
+    finally:
+        if not keep:
+            common.remove(folder)
+    return out
+
+
+def crossing(n1: int, v1: float, n2: int, v2: float, limit: float) -> str:
+    """Requests at which a quantity growing linearly through (n1, v1), (n2, v2) hits limit."""
+    if v2 >= limit:
+        return f"already at {n2:,}"
+    slope = (v2 - v1) / (n2 - n1)
+    if slope <= 0:
+        return "flat: never"
+    return f"~{n2 + (limit - v2) / slope:,.0f}"
+
+
+def main() -> int:
+    parser = common.parser_for(__doc__)
+    parser.add_argument("--requests", type=int, default=1_000_000,
+                        help="requests in the big job (default 1,000,000)")
+    parser.add_argument("--max-requests", type=int, default=50_000,
+                        help="requests per shard (default 50,000, the hosted cap)")
+    parser.add_argument("--small", type=int, default=None,
+                        help="requests in the growth-reference job (default requests/10)")
+    common.add_common_args(parser)
+    args = parser.parse_args()
+    n2 = args.requests
+    n1 = args.small or max(1, n2 // 10)
+    runs = [run_job(n, args.max_requests, args.keep) for n in (n1, n2)]
+    small, big = runs
+
+    report = common.Report("scale", f"Scale: {n2:,} requests through the real scripts")
+    total = sum(s["wall"] for s in big["steps"].values() if s is not big["steps"][STEPS[-1]])
+    report.info.append(
+        f"largest job: {n2:,} requests in {big['shards']} shards of at most "
+        f"{args.max_requests:,} ({big['shards']} batches); batch files "
+        f"{big['bytes']['batch files'] / 1e6:,.1f} MB; create -> submit -> poll --wait -> "
+        f"fetch: {total:,.1f} s; sandbox (--rate 0) peak memory "
+        f"{big['sandbox_peak_mb'] or 0:,.0f} MB")
+    for run in runs:
+        t = report.table(
+            f"{run['requests']:,} requests, {run['shards']} shard(s): each step, one process",
+            ["step", "wall s", "requests/s", "peak MB", "HTTP calls", "status calls",
+             "temp files peak MB"], ["", ".1f", ",.0f", ".1f", ",", ",", ".1f"])
+        for name in STEPS:
+            s = run["steps"][name]
+            t.add(name, s["wall"], run["requests"] / s["wall"], s["peak_mb"], s["calls"],
+                  s["status_calls"], s["tmp_peak"] / 1e6)
+        t.notes.append("bytes on disk afterwards: " + ", ".join(
+            f"{k} {v / 1e6:,.1f} MB" for k, v in run["bytes"].items())
+            + f" (total {sum(run['bytes'].values()) / 1e6:,.1f} MB, "
+              f"{sum(run['bytes'].values()) / run['requests']:,.0f} bytes per request)")
+        check = run["check"]
+        t.notes.append(f"results file: {check['records']:,} records, input order "
+                       f"{check['order']}, {check['wrong']:,} wrong, {check['error']:,} "
+                       f"error, {check['truncated']:,} truncated")
+        expected = common.mixed_expected(run["requests"])
+        if check["records"] != run["requests"] or check["wrong"] or check["order"] != "yes" \
+                or check["error"] != expected["error"] \
+                or check["truncated"] != expected["truncated"]:
+            report.problems.append(f"{run['requests']:,}-request results file: {check}")
+
+    growth = report.table(
+        f"Growth per step from {n1:,} to {n2:,} requests (measured), and where it leads "
+        "(linear extrapolation)",
+        ["step", f"peak MB at {n1:,}", f"peak MB at {n2:,}", "MB per 1M requests",
+         "passes 100 MB at", "passes 1 GB at", "s per 1M requests",
+         "temp MB per 1M requests"],
+        ["", ".1f", ".1f", ".1f", "", "", ".1f", ".1f"])
+    per_m = 1_000_000 / (n2 - n1)
+    for name in STEPS:
+        a, b = small["steps"][name], big["steps"][name]
+        growth.add(name, a["peak_mb"], b["peak_mb"], (b["peak_mb"] - a["peak_mb"]) * per_m,
+                   crossing(n1, a["peak_mb"], n2, b["peak_mb"], 100.0),
+                   crossing(n1, a["peak_mb"], n2, b["peak_mb"], 1024.0),
+                   (b["wall"] - a["wall"]) * per_m, (b["tmp_peak"] - a["tmp_peak"]) / 1e6 * per_m)
+    jb = (big["bytes"]["job file"] - small["bytes"]["job file"]) / max(1, big["shards"]
+                                                                        - small["shards"])
+    growth.notes.append(f"job file: {small['bytes']['job file']:,} bytes at {small['shards']} "
+                        f"shard(s), {big['bytes']['job file']:,} at {big['shards']} "
+                        f"(~{jb:,.0f} bytes per shard; it is rewritten after every step)")
+    s_calls = big["steps"]["poll.py --wait"]["status_calls"]
+    growth.notes.append(f"poll.py --wait made {s_calls} status calls for {big['shards']} "
+                        "batches (one GET per unfinished batch per round)")
+    report.data.update(runs=runs)
+    return common.finish(report, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
