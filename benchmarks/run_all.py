@@ -107,6 +107,11 @@ def machine() -> list[tuple[str, str]]:
         openai_version = "not installed"
     commit = subprocess.run(["git", "-C", common.ROOT, "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", common.ROOT, "status", "--porcelain", "--",
+                            "scripts", "references"], capture_output=True, text=True).stdout
+    changed = [line[3:] for line in dirty.splitlines() if line.strip()]
+    if changed:
+        commit += f" plus uncommitted changes in {', '.join(changed)}"
     return [("CPU", f"{os.cpu_count()} cores, {first('/proc/cpuinfo', 'model name')}"),
             ("memory", mem),
             ("OS", f"{platform.system()} {platform.release()}"),
