@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import sys
 
@@ -17,6 +18,7 @@ from dwbatch import (
     polling,
     reconcile,
     results_io,
+    results_stamp,
     retry_file,
     status,
 )
@@ -34,7 +36,9 @@ download only the new lines (?skip=<lines saved>); a broken connection never los
 duplicates a line. Raw downloads are kept byte for byte in PROMPTS.raw/. Given several jobs
 (an original and its retries), a later ok supersedes an earlier failure for the same
 custom_id. Every non-ok, non-pending record's original request line goes into a retry file
-that submit.py accepts.
+that submit.py accepts. A re-run with nothing new (no new lines, same batch statuses, same
+options) keeps the results and retry files as they are and reports the same summary (a stamp
+beside the results file, .NAME.stamp.json, records what they were built from).
 
 Bare batch ids (no job file): the input order is taken from the batch's own input file,
 downloaded with GET /files/{input_file_id}/content into the raw folder; files go into the
@@ -76,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--offline", action="store_true",
                         help="no network: reconcile only what is already downloaded, with the "
                              "batch statuses recorded last time (no key needed)")
+    parser.add_argument("--rebuild", action="store_true",
+                        help="write the results and retry files again even when nothing "
+                             "changed since the last run (default: such a run keeps them)")
     cli.add_network_args(parser)
     return parser
 
@@ -251,6 +258,43 @@ def _sources(plan: Plan, targets: list[polling.Target], batches: dict) -> list:
     return sources
 
 
+# --------------------------------------------------------------------------- joining
+
+def _join(sources: list, plan: Plan, statuses: tuple[str, ...],
+          raise_tokens: retry_file.TokenRaise | None, progress, *, reuse: bool
+          ) -> tuple[reconcile.Summary, retry_file.RetryWriter, dict | None]:
+    """Reconcile into the results and retry files, or keep them when their stamp says that
+    nothing they are built from changed. Returns (summary, retry writer, the fingerprint to
+    stamp once the retry file is committed, or None when the files were kept)."""
+    writer = retry_file.RetryWriter(plan.retry, statuses, raise_tokens)
+    current = results_stamp.fingerprint(sources, {
+        "format": plan.format, "results": os.path.abspath(plan.results),
+        "retry": os.path.abspath(plan.retry), "retry_statuses": list(statuses),
+        "truncated_max_tokens": dataclasses.asdict(raise_tokens) if raise_tokens else None})
+    stored = results_stamp.load_reusable(plan.results, plan.retry, current) if reuse else None
+    summary = _stored_summary(stored)
+    if summary is not None:
+        writer.keep(stored["retry_lines"], stored["retry_counts"])
+        cli.warn(f"note: nothing changed since {_show(plan.results)} was written: kept as it "
+                 "is (--rebuild writes it again)")
+        return summary, writer, None
+    results_stamp.forget(plan.results)
+    summary = results_io.reconcile_to_files(sources, plan.results, plan.format, writer,
+                                            progress=progress)
+    return summary, writer, current
+
+
+def _stored_summary(stored: dict | None) -> reconcile.Summary | None:
+    if not stored:
+        return None
+    try:
+        summary = reconcile.Summary(**stored["summary"])
+        int(stored["retry_lines"]), dict(stored["retry_counts"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return summary
+
+
 # --------------------------------------------------------------------------- reporting
 
 def _exit_code(summary: reconcile.Summary) -> int:
@@ -296,9 +340,8 @@ def main(args: argparse.Namespace) -> cli.Result:
             batches = _check_batches(api, targets)
             downloads = _download(api, plan, targets, batches, args.max_retries)
         sources = _sources(plan, targets, batches)
-        writer = retry_file.RetryWriter(plan.retry, statuses, raise_tokens)
-        summary = results_io.reconcile_to_files(sources, plan.results, plan.format, writer,
-                                                progress=progress)
+        summary, writer, stamp = _join(sources, plan, statuses, raise_tokens, progress,
+                                       reuse=not args.rebuild)
         if api is not None and summary.missing_from_completed:
             # A completed batch must have a line for every request: the saved copies no
             # longer line up with the server's files (e.g. after a /retry). Once, from 0.
@@ -309,10 +352,13 @@ def main(args: argparse.Namespace) -> cli.Result:
             downloads.update(_download(api, plan, targets, batches, args.max_retries,
                                        refetch=lost))
             writer.abort()
-            writer = retry_file.RetryWriter(plan.retry, statuses, raise_tokens)
-            summary = results_io.reconcile_to_files(sources, plan.results, plan.format,
-                                                    writer, progress=progress)
+            summary, writer, stamp = _join(sources, plan, statuses, raise_tokens, progress,
+                                           reuse=False)
     retry_path = _show(writer.commit())
+    if stamp is not None:
+        results_stamp.save(plan.results, plan.retry, stamp, {
+            "summary": dataclasses.asdict(summary), "retry_lines": writer.lines,
+            "retry_counts": writer.counts})
     results_path = _show(plan.results)
     code = _exit_code(summary)
 

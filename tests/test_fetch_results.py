@@ -458,6 +458,80 @@ def test_human_output_and_key_never_written(sb, tmp_path):
     assert os.path.isdir(tmp_path / "p.raw")
 
 
+# --- re-runs with nothing new keep the files (the stamp beside the results) -----------------
+
+def file_identity(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def without_downloads(envelope: dict, offline: bool = False) -> dict:
+    """The envelope minus what only says what this run downloaded (all of it offline)."""
+    out = json.loads(json.dumps(envelope))
+    for item in out["batches"]:
+        for kind in ("output", "error"):
+            if offline:
+                item.pop(kind, None)
+            else:
+                item.get(kind, {}).pop("new_lines", None)
+    return out
+
+
+def test_refetch_with_nothing_new_keeps_the_files_and_the_envelope(sb, tmp_path):
+    lines = [chat_line(f"r{i}", f"k {i}") for i in range(6)] + [chat_line("f", "[[fail:400]]")]
+    job, batch_id = submit(sb, write_lines(tmp_path / "p.jsonl", lines))
+    sb.advance(batch_id)
+    code, first = fetch(sb, tmp_path, job.name)
+    assert code == 4 and first["counts"]["ok"] == 6 and first["retry_requests"] == 1, first
+    results, retry = tmp_path / "p.results.jsonl", tmp_path / "p.retry.jsonl"
+    stamp = tmp_path / ".p.results.jsonl.stamp.json"
+    assert stamp.exists()
+    before = (file_identity(results), file_identity(retry), results.read_bytes())
+    for args in ((), ("--offline",)):
+        proc = run_script("fetch_results.py", job.name, "--json", *args,
+                          env=script_env(sb.base_url), cwd=tmp_path)
+        again = json.loads(proc.stdout)
+        assert proc.returncode == 4 and "nothing changed" in proc.stderr, proc.stderr
+        assert (file_identity(results), file_identity(retry), results.read_bytes()) == before
+        offline = bool(args)
+        assert without_downloads(again, offline) == without_downloads(first, offline)
+    # --rebuild writes both files again (new inodes), with the same bytes and envelope
+    code, rebuilt = fetch(sb, tmp_path, job.name, "--rebuild")
+    assert code == 4 and without_downloads(rebuilt) == without_downloads(first)
+    assert file_identity(results)[0] != before[0][0] and results.read_bytes() == before[2]
+    # an option that shapes the output is part of the stamp: it rebuilds
+    code, out = fetch(sb, tmp_path, job.name, "--retry-status", "missing")
+    assert code == 4 and out["retry_file"] is None and not retry.exists()
+    # so is a changed results file: it is written again, not trusted
+    results.write_text("edited\n")
+    code, out = fetch(sb, tmp_path, job.name, "--retry-status", "missing")
+    assert code == 4 and [r["custom_id"] for r in records(results)][-1] == "f"
+
+
+def test_refetch_rebuilds_after_new_lines_or_a_new_batch_status(sb, tmp_path):
+    job, batch_id = submit(sb, write_lines(tmp_path / "p.jsonl",
+                                           [chat_line(f"r{i}", f"n {i}") for i in range(9)]))
+    results = tmp_path / "p.results.jsonl"
+    sb.advance(batch_id, 3)
+    code, out = fetch(sb, tmp_path, job.name)
+    assert code == 3 and out["counts"]["ok"] == 3 and out["counts"]["pending"] == 6
+    kept = file_identity(results)
+    assert fetch(sb, tmp_path, job.name)[0] == 3 and file_identity(results) == kept
+    sb.advance(batch_id, 3)  # new lines arrive
+    code, out = fetch(sb, tmp_path, job.name)
+    assert code == 3 and out["counts"]["ok"] == 6 and out["counts"]["pending"] == 3, out
+    assert file_identity(results) != kept
+    assert [r["status"] for r in records(results)].count("ok") == 6
+    # no new line, but the batch ends: pending requests become missing
+    assert sb.post(f"/batches/{batch_id}/cancel").status_code == 200
+    sb.advance(batch_id)  # cancelling -> cancelled, no request finishes
+    code, out = fetch(sb, tmp_path, job.name)
+    assert code == 5 and out["counts"]["missing"] == 3 and out["counts"]["pending"] == 0, out
+    assert out["batches"][0]["output"]["new_lines"] == 0
+    assert [r["status"] for r in records(results)].count("missing") == 3
+    assert out["retry_requests"] == 3
+
+
 # --- the raw copy's upkeep (pure file logic, no network) -----------------------------------
 
 def _raw(tmp_path: Path, n: int, tail: bytes = b"") -> Path:

@@ -101,6 +101,7 @@ class RetryWriter:
     lines: int = 0
     _stack: contextlib.ExitStack | None = None
     _f: object = None
+    _kept: bool = False
 
     def wants(self, record: dict) -> bool:
         return record["status"] in self.statuses
@@ -117,11 +118,18 @@ class RetryWriter:
         self.lines += 1
         self.counts[record["status"]] = self.counts.get(record["status"], 0) + 1
 
+    def keep(self, lines: int, counts: dict) -> None:
+        """The file an earlier run wrote is still right (see results_stamp): report it as
+        it is, without writing it again."""
+        self.lines, self.counts, self._kept = lines, dict(counts), True
+
     def commit(self) -> str | None:
         """Finish the file; returns its path, or None when nothing needed a retry."""
         if self._stack is not None:
             self._stack.close()
             self._stack = None
+            return self.path
+        if self._kept and self.lines:
             return self.path
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)

@@ -1,0 +1,87 @@
+"""The stamp beside a results file: what it was built from, so a re-run with nothing new is cheap.
+
+Why: joining a million requests takes tens of seconds, and agents re-run fetch_results.py
+often (a finished job is fetched again, a retry job's results are merged later). When every
+input the join reads is as it was (the request files, the raw output and error copies, the
+batch statuses, the options that shape the output) and the results and retry files are the
+very files the last run wrote, the join would write the same bytes again: the stamp lets the
+caller keep those files and report the summary stored with it instead.
+
+A file counts as unchanged when its size, modification time (ns) and inode are the same: the
+downloader only ever appends to a raw copy or replaces it, and results are replaced by rename,
+so any new line or rewrite changes at least one of them. A missing, unreadable or foreign
+stamp just means "rebuild"; the stamp is removed before a rebuild so that a crash halfway never
+leaves a stamp that vouches for files it did not see written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+
+from . import __version__
+from .fsutil import write_json_atomic
+
+STAMP_VERSION = 1
+
+
+def stamp_path(results_path: str) -> str:
+    """`results.jsonl` -> `.results.jsonl.stamp.json` beside it (hidden: it is a cache)."""
+    directory, name = os.path.split(os.path.abspath(results_path))
+    return os.path.join(directory, f".{name}.stamp.json")
+
+
+def file_state(path: str | None) -> list[int] | None:
+    """[size, mtime_ns, inode] of a file, or None when there is no such file."""
+    if not path:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def fingerprint(sources, options: dict) -> dict:
+    """Everything the join reads: each source (paths, batch id and status, job position, label,
+    recorded sha256) with the state of its input and raw files, and the output options."""
+    items = []
+    for source in sources:
+        item = dataclasses.asdict(source)
+        for key in ("input_path", "output_path", "error_path"):
+            item[key + "_state"] = file_state(item[key])
+        items.append(item)
+    return {"version": STAMP_VERSION, "tool": __version__, "options": options,
+            "sources": items}
+
+
+def load_reusable(results_path: str, retry_path: str, current: dict) -> dict | None:
+    """The outcome stored with the stamp when it vouches for the files as they are, else None."""
+    try:
+        with open(stamp_path(results_path), encoding="utf-8") as f:
+            stamp = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(stamp, dict) or stamp.get("fingerprint") != current:
+        return None
+    if file_state(results_path) is None or \
+            stamp.get("results_state") != file_state(results_path) or \
+            stamp.get("retry_state") != file_state(retry_path):
+        return None
+    outcome = stamp.get("outcome")
+    return outcome if isinstance(outcome, dict) else None
+
+
+def forget(results_path: str) -> None:
+    """Remove the stamp (before the files it describes are rewritten)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(stamp_path(results_path))
+
+
+def save(results_path: str, retry_path: str, current: dict, outcome: dict) -> None:
+    """Record that the results and retry files as they are now were built from `current`."""
+    write_json_atomic(stamp_path(results_path), {
+        "fingerprint": current, "results_state": file_state(results_path),
+        "retry_state": file_state(retry_path), "outcome": outcome})
