@@ -164,6 +164,19 @@ def seconds_until(timestamp, now: float) -> float | None:
         return None
 
 
+def window_left(batch: dict, now: float) -> float | None:
+    """Seconds left to expires_at. The server's own `expired_at` stamp wins over our clock:
+    when it is set the window has passed, by at least expires_at - expired_at."""
+    left = seconds_until(batch.get("expires_at"), now)
+    stamped = batch.get("expired_at")
+    if left is None or stamped is None:
+        return left
+    try:
+        return min(left, float(batch["expires_at"]) - float(stamped))
+    except (TypeError, ValueError):
+        return left
+
+
 # --- one batch, as shown ---------------------------------------------------------------
 
 def batch_view(batch: dict, samples: list | None, now: float) -> dict:
@@ -175,7 +188,7 @@ def batch_view(batch: dict, samples: list | None, now: float) -> dict:
     eta = eta_seconds(samples, now) if running else None
     if running and eta is None and done >= total > 0:
         eta = 0.0
-    expires_in = seconds_until(batch.get("expires_at"), now)
+    expires_in = window_left(batch, now)
     return {
         "batch_id": batch.get("id"),
         "status": batch.get("status"),
@@ -224,7 +237,7 @@ def notes_for(batch: dict, now: float) -> list[str]:
                       " requests can still be fetched")
     if status not in ALL_STATUSES:
         notes.append(f"unknown status {status!r} from the server: treated as still running")
-    expires_in = seconds_until(batch.get("expires_at"), now)
+    expires_in = window_left(batch, now)
     if status in RUNNING_STATUSES and expires_in is not None and expires_in < 0:
         notes.append("past its completion window; Doubleword keeps running the requests,"
                      " other servers may expire it")
