@@ -8,6 +8,8 @@ human summary or exactly one JSON envelope on stdout and exits with the contract
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import shlex
@@ -100,15 +102,19 @@ def run(main: Callable[[argparse.Namespace], Result], parser: argparse.ArgumentP
     hint; Ctrl-C exits 130; anything else is an internal error (exit 1) with where it came from.
     """
     want_json = "--json" in (argv if argv is not None else sys.argv[1:])
+    said = io.StringIO()  # argparse's complaint, also for the envelope
     try:
-        args = parser.parse_args(argv)
+        with contextlib.redirect_stderr(said):
+            args = parser.parse_args(argv)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else errors.INVALID_INPUT
         if code != 0 and want_json:
             _print_json(envelope(False, errors.INVALID_INPUT, {}, None, {
-                "code": "usage", "message": "invalid command-line usage (see stderr)",
+                "code": "usage", "message": _usage_message(said.getvalue()),
                 "hint": f"run {parser.prog} --help"}))
         return code
+    finally:
+        sys.stderr.write(said.getvalue())
     try:
         result = main(args)
     except errors.DWError as exc:
@@ -140,6 +146,15 @@ def run(main: Callable[[argparse.Namespace], Result], parser: argparse.ArgumentP
         if text:
             sys.stdout.write(redact(text) + "\n")
     return result.exit_code
+
+
+def _usage_message(stderr_text: str) -> str:
+    """argparse's own words ("argument --max-requests: ... must be at least 1"), else a pointer."""
+    for line in reversed(stderr_text.splitlines()):
+        _, sep, said = line.partition(": error: ")
+        if sep and said.strip():
+            return redact(said.strip())
+    return "invalid command-line usage (see stderr)"
 
 
 def _report_error(args: argparse.Namespace, exc: errors.DWError) -> int:
