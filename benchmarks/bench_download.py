@@ -10,8 +10,9 @@ wall time and peak resident memory (kernel rusage of that process) of:
   download only        dwbatch.download.download_file: the incremental downloader alone
   fetch_results.py     the whole command: batch check, download of output and error files,
                        reconciliation of every request, results and retry files
-  fetch_results.py #2  the same command again: nothing new to download (one skip= request),
-                       the join is redone
+  fetch_results.py #2  the same command again: nothing new to download (one skip= request
+                       per file); the join is redone unless fetch_results.py finds that
+                       nothing it is built from changed
 
 The raw copy fetch_results.py keeps must equal curl's file byte for byte. Targets: peak
 memory under 100 MB, the download at least half as fast as curl (wall at most 2x curl's).

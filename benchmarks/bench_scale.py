@@ -10,8 +10,14 @@ watched folder) and the bytes on disk afterwards are recorded, and the results f
 (one record per request, input order, own answer, failures and truncations flagged).
 
 The same job at N/10 is run first, so each step's growth is measured (two points, same run)
-rather than guessed: the "what breaks first" table extrapolates each step's peak memory,
-temporary space and time linearly from those two points.
+rather than guessed: the growth table extrapolates each step's peak memory, temporary space
+and time linearly from those two points. Then the steps whose memory grows are run alone,
+without network, at N and at --probe-factor x N (default 2: 2,000,000 requests), to see
+whether the growth goes on past the largest job: validation (`submit.py --dry-run` on the
+shard files create_batch_file.py writes) and the join (`fetch_results.py --offline` on
+bench_reconcile.py's generated job).
+
+Target checked here: submit.py's peak memory under 100 MB (the upload target, "any size").
 
     python3 benchmarks/bench_scale.py                          # 1,000,000 (and 100,000)
     python3 benchmarks/bench_scale.py --requests 20000 --max-requests 5000   # quick
@@ -25,12 +31,13 @@ import sys
 import threading
 import time
 
+import bench_reconcile
 import common
 import requests
 
 STEPS = ("create_batch_file.py", "submit.py", "poll.py --wait", "fetch_results.py",
          "fetch_results.py again")
-MEMORY_LIMITS_MB = (100.0, 500.0, 1024.0)
+UPLOAD_TARGET_MB = 100.0
 
 
 class DirWatcher:
@@ -59,16 +66,19 @@ class DirWatcher:
         self._thread.join()
 
 
+def batch_files(folder: str) -> list[str]:
+    """What create_batch_file.py wrote: batch.jsonl, or batch-001.jsonl... when split."""
+    return sorted(os.path.basename(p) for p in glob.glob(os.path.join(folder, "batch*.jsonl")))
+
+
 def step_argv(name: str, folder: str, max_requests: int) -> list[str]:
     if name == "create_batch_file.py":
         return ["create_batch_file.py", "prompts.txt", "-o", "batch.jsonl", "--model",
                 "sandbox-chat", "--max-tokens", str(common.MIXED_MAX_TOKENS),
                 "--max-requests", str(max_requests), "--json"]
     if name == "submit.py":
-        files = sorted(os.path.basename(p) for p in glob.glob(os.path.join(folder,
-                                                                           "batch*.jsonl")))
-        return ["submit.py", *files, "--job", "batch.job.json", "--max-requests",
-                str(max_requests), "--json"]
+        return ["submit.py", *batch_files(folder), "--job", "batch.job.json",
+                "--max-requests", str(max_requests), "--json"]
     if name == "poll.py --wait":
         return ["poll.py", "batch.job.json", "--wait", "--json"]
     return ["fetch_results.py", "batch.job.json", "--json"]
@@ -121,6 +131,40 @@ def run_job(n: int, max_requests: int, keep: bool) -> dict:
     return out
 
 
+def probe(n: int, max_requests: int, keep: bool) -> dict:
+    """The growing steps alone, no network, at n requests: create_batch_file.py (to make the
+    files), submit.py --dry-run (validates every line of every file), and
+    fetch_results.py --offline on a generated job (the join)."""
+    folder = common.work_path(f"probe-{n}")
+    common.remove(folder)
+    os.makedirs(folder)
+    out = {}
+    try:
+        common.write_mixed_prompts(os.path.join(folder, "prompts.txt"), n)
+        env = common.script_env("http://127.0.0.1:9/v1", TMPDIR=folder)
+        m = common.measure(common.script(*step_argv("create_batch_file.py", folder,
+                                                    max_requests)), env=env, cwd=folder)
+        out["create_batch_file.py"] = m
+        m = common.measure(common.script("submit.py", *batch_files(folder), "--max-requests",
+                                         str(max_requests), "--dry-run", "--json"),
+                           env=env, cwd=folder)
+        out["submit.py --dry-run (validation)"] = m
+        common.remove(folder)
+        job = bench_reconcile.ensure_job(n)
+        m = common.measure(common.script("fetch_results.py", os.path.basename(job),
+                                         "--offline", "--json"),
+                           env=dict(env, TMPDIR=os.path.dirname(job)), cwd=os.path.dirname(job))
+        out["fetch_results.py --offline (join)"] = m
+        if not keep:
+            common.remove(os.path.dirname(job))
+    finally:
+        common.remove(folder)
+    for name, m in out.items():
+        if m.exit_code not in (0, 4):
+            raise SystemExit(f"{name} at {n:,} exited {m.exit_code}: {m.stdout[:1000]}")
+    return out
+
+
 def crossing(n1: int, v1: float, n2: int, v2: float, limit: float) -> str:
     """Requests at which a quantity growing linearly through (n1, v1), (n2, v2) hits limit."""
     if v2 >= limit:
@@ -139,6 +183,9 @@ def main() -> int:
                         help="requests per shard (default 50,000, the hosted cap)")
     parser.add_argument("--small", type=int, default=None,
                         help="requests in the growth-reference job (default requests/10)")
+    parser.add_argument("--probe-factor", type=float, default=2.0,
+                        help="also run the growing steps alone at this many times --requests "
+                             "(default 2; 0 = skip)")
     common.add_common_args(parser)
     args = parser.parse_args()
     n2 = args.requests
@@ -199,6 +246,33 @@ def main() -> int:
     s_calls = big["steps"]["poll.py --wait"]["status_calls"]
     growth.notes.append(f"poll.py --wait made {s_calls} status calls for {big['shards']} "
                         "batches (one GET per unfinished batch per round)")
+    growth.notes.append("poll.py --wait's wall time is the sandbox working through the "
+                        "requests (--rate 0, as fast as it can), not the client's cost")
+    submit_peak = big["steps"]["submit.py"]["peak_mb"]
+    report.check(f"submit.py peak memory < {UPLOAD_TARGET_MB:.0f} MB at {n2:,} requests "
+                 f"({big['shards']} files; the upload target, any size)",
+                 f"{submit_peak:.1f} MB", submit_peak < UPLOAD_TARGET_MB)
+
+    if args.probe_factor > 0:
+        n3 = int(n2 * args.probe_factor)
+        at = {n: probe(n, args.max_requests, args.keep) for n in (n2, n3)}
+        beyond = report.table(
+            f"Beyond the largest job: the growing steps alone (no network) at {n2:,} and "
+            f"{n3:,} requests", ["step", f"peak MB at {n2:,}", f"peak MB at {n3:,}",
+                                 "MB per 1M requests", "passes 1 GB at",
+                                 f"wall s at {n2:,}", f"wall s at {n3:,}"],
+            ["", ".1f", ".1f", ".1f", "", ".1f", ".1f"])
+        per_m3 = 1_000_000 / (n3 - n2)
+        for name in at[n2]:
+            a, b = at[n2][name], at[n3][name]
+            beyond.add(name, a.peak_mb, b.peak_mb, (b.peak_mb - a.peak_mb) * per_m3,
+                       crossing(n2, a.peak_mb, n3, b.peak_mb, 1024.0), a.wall, b.wall)
+        beyond.notes.append("create_batch_file.py and submit.py --dry-run read "
+                            f"{args.max_requests:,}-request files; the join reads "
+                            "bench_reconcile.py's generated job (one batch, shuffled "
+                            "results)")
+        report.data["probe"] = {n: {k: [m.wall, m.peak_mb] for k, m in v.items()}
+                                for n, v in at.items()}
     report.data.update(runs=runs)
     return common.finish(report, args)
 

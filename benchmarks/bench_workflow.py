@@ -41,6 +41,16 @@ import requests
 SDK_SCRIPT = os.path.join(common.HERE, "sdk_workflow.py")
 HOSTED_REQUEST_CAP = 50_000  # the hosted service's documented requests per file
 MAX_TOKENS = common.MIXED_MAX_TOKENS
+SDK_UPLOAD = """\
+import sys
+from openai import OpenAI
+try:
+    OpenAI().files.create(file=open(sys.argv[1], "rb"), purpose="batch")
+    print("uploaded")
+except Exception as exc:
+    print(f"{type(exc).__name__} '{exc}' (the server's words, only in exc.body: "
+          f"{getattr(exc, 'body', None)!r})"[:300])
+"""
 
 
 # --- the job: prompts and what each must give (common.mixed_*) ---------------------------
@@ -137,8 +147,9 @@ def batch_count(sandbox: common.Sandbox) -> int:
 
 
 def kill_once_created(cmd: list[str], sandbox: common.Sandbox, env: dict, cwd: str,
-                      want: int) -> None:
-    """Start cmd, SIGKILL it as soon as the sandbox holds `want` batches (or it ends)."""
+                      want: int) -> bool:
+    """Start cmd, SIGKILL it as soon as the sandbox holds `want` batches; False when it had
+    already ended by itself."""
     proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -146,9 +157,11 @@ def kill_once_created(cmd: list[str], sandbox: common.Sandbox, env: dict, cwd: s
         if batch_count(sandbox) >= want:
             break
         time.sleep(0.02)
-    if proc.poll() is None:
+    killed = proc.poll() is None
+    if killed:
         os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    return killed
 
 
 def resume_run(folder: str, n: int = 1000) -> dict:
@@ -164,7 +177,7 @@ def resume_run(folder: str, n: int = 1000) -> dict:
                                      "--model", "sandbox-chat", "--json"),
                        cwd=ours, env=env, capture_output=True, check=True)
         submit = common.script("submit.py", "batch.jsonl", "--json")
-        kill_once_created(submit, sandbox, env, ours, 1)
+        counts["ours_killed"] = kill_once_created(submit, sandbox, env, ours, 1)
         subprocess.run(submit, cwd=ours, env=env, capture_output=True)
         counts["ours"] = batch_count(sandbox)
 
@@ -181,13 +194,7 @@ def cap_run(ours_folder: str, sdk_folder: str) -> dict:
     out = {}
     with common.start_sandbox("--manual", "--max-requests", str(HOSTED_REQUEST_CAP)) \
             as sandbox:
-        code = ("import sys\nfrom openai import OpenAI\n"
-                "try:\n"
-                "    OpenAI().files.create(file=open(sys.argv[1], 'rb'), purpose='batch')\n"
-                "    print('uploaded')\n"
-                "except Exception as exc:\n"
-                "    print(f'{type(exc).__name__}: {exc}'[:200])\n")
-        m = common.measure([sys.executable, "-c", code,
+        m = common.measure([sys.executable, "-c", SDK_UPLOAD,
                             os.path.join(sdk_folder, "batch.jsonl")], env=sdk_env(sandbox))
         out["sdk"] = m.stdout.strip()
         shards = sorted(glob.glob(os.path.join(ours_folder, "batch-*.jsonl")))
@@ -272,7 +279,10 @@ def main() -> int:
     if "resume" in side:
         r = side["resume"]
         cmp.add("batches after being killed once the batch exists, then re-run "
-                "(1,000 requests)", f"{r['ours']}", f"{r['sdk']} (uploaded and created again)")
+                "(1,000 requests)",
+                f"{r['ours']}" + ("" if r["ours_killed"] else " (submit.py had already "
+                                  "ended when the kill came; re-run only)"),
+                f"{r['sdk']}" + (" (uploaded and created again)" if r["sdk"] > 1 else ""))
     if "cap" in side:
         c = side["cap"]
         cmp.add(f"upload where a file may hold at most {HOSTED_REQUEST_CAP:,} requests (the "
