@@ -273,8 +273,60 @@ def main() -> int:
                             "results)")
         report.data["probe"] = {n: {k: [m.wall, m.peak_mb] for k, m in v.items()}
                                 for n, v in at.items()}
+        limits_table(report, n2, n3, at, big)
     report.data.update(runs=runs)
     return common.finish(report, args)
+
+
+def requests_at(n_a: int, v_a: float, n_b: int, v_b: float, limit: float) -> float | None:
+    """Requests at which a quantity growing linearly through both points reaches limit."""
+    slope = (v_b - v_a) / (n_b - n_a)
+    if v_b >= limit:
+        return float(n_b)
+    return None if slope <= 0 else n_b + (limit - v_b) / slope
+
+
+def limits_table(report: common.Report, n2: int, n3: int, at: dict, big: dict) -> None:
+    """Each limit a bigger job runs into, and at how many requests, from the growth measured
+    between n2 and n3 requests (linear; the probes show whether growth is linear)."""
+    t = report.table(f"What breaks first beyond {n2:,} requests (from the growth measured "
+                     f"between {n2:,} and {n3:,})",
+                     ["limit", "measured", "reached at (requests)"], ["", "", ""])
+    rows = []
+    for name, limit, label in (
+            ("submit.py --dry-run (validation)", 100.0, "submit.py memory > 100 MB (upload "
+                                                        "target)"),
+            ("submit.py --dry-run (validation)", 1024.0, "submit.py memory > 1 GB"),
+            ("fetch_results.py --offline (join)", 100.0, "fetch_results.py memory > 100 MB "
+                                                         "(download target)"),
+            ("fetch_results.py --offline (join)", 500.0, "fetch_results.py memory > 500 MB "
+                                                         "(reconciliation target)"),
+            ("fetch_results.py --offline (join)", 1024.0, "fetch_results.py memory > 1 GB"),
+            ("create_batch_file.py", 1024.0, "create_batch_file.py memory > 1 GB")):
+        a, b = at[n2][name], at[n3][name]
+        where = requests_at(n2, a.peak_mb, n3, b.peak_mb, limit)
+        growth = (b.peak_mb - a.peak_mb) / (n3 - n2) * 1e6
+        rows.append((where if where is not None else float("inf"), label,
+                     f"{a.peak_mb:.0f} -> {b.peak_mb:.0f} MB ({growth:+.0f} MB per 1M requests)",
+                     "never (flat)" if where is None else
+                     ("already at " if where <= n2 else "~") + f"{where:,.0f}"))
+    for _, label, measured, where in sorted(rows, key=lambda r: r[0]):
+        t.add(label, measured, where)
+    per_request = sum(big["bytes"].values()) / big["requests"]
+    tmp = big["steps"]["fetch_results.py"]["tmp_peak"] / big["requests"]
+    t.add("disk: the job folder (prompts, batch files, raw copies, results, retry file)",
+          f"{per_request:,.0f} bytes per request, plus {tmp:,.0f} bytes per request of "
+          "temporary files while fetch_results.py joins",
+          f"1 GB of disk per ~{1e9 / (per_request + tmp):,.0f} requests")
+    shards = big["shards"]
+    status = big["steps"]["poll.py --wait"]["status_calls"]
+    t.add("status calls: one GET per unfinished batch per poll round",
+          f"{shards} batches: {status} calls for the whole wait",
+          f"{shards} calls per round at {n2:,}; 200 per round at "
+          f"{200 * n2 // max(1, shards):,}")
+    t.notes.append("Memory rows are linear extrapolations of two measured points; a step "
+                   "whose peak did not grow between them is reported as flat.")
+
 
 
 if __name__ == "__main__":
