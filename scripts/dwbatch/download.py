@@ -241,10 +241,13 @@ class _Counts:
         return int(value)
 
     def set(self, lines: int, nbytes: int, **extra) -> None:
-        self.state[f"{self.kind}_lines"] = lines
-        self.state[f"{self.kind}_bytes"] = nbytes
-        for key, value in extra.items():
-            self.state[f"{self.kind}_{key}"] = value
+        """Store the counts (and extra fields); nothing is written when nothing changed."""
+        values = {f"{self.kind}_lines": lines, f"{self.kind}_bytes": nbytes,
+                  **{f"{self.kind}_{key}": value for key, value in extra.items()}}
+        if all(key in self.state and self.state[key] == value
+               for key, value in values.items()):
+            return
+        self.state.update(values)
         self.store.save(self.state)
 
 
@@ -484,6 +487,7 @@ def download_batch(api, batch: dict, raw_dir: str, store: StateStore, *, termina
     batch_id = batch["id"]
     paths = raw_paths(raw_dir, batch_id)
     state = store.load()
+    loaded = dict(state)
     if isinstance(store, SidecarStore):  # a job file has the status in the shard already
         state["batch_status"] = batch.get("status")
     files = {}
@@ -496,7 +500,8 @@ def download_batch(api, batch: dict, raw_dir: str, store: StateStore, *, termina
         files[kind] = download_file(api, batch.get(f"{kind}_file_id"), paths[kind], kind,
                                     state, store, terminal=terminal, start_over=reason,
                                     max_retries=max_retries, warn=warn, sleep=sleep)
-    store.save(state)
+    if state != loaded:  # a re-run with nothing new rewrites no job file
+        store.save(state)
     return BatchDownload(batch_id, batch.get("status"), paths, files)
 
 
