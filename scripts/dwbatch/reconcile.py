@@ -251,7 +251,7 @@ class _ValidatorCache:
         self.items: OrderedDict[str, object] = OrderedDict()
 
     def get(self, schema: dict):
-        key = json.dumps(schema, sort_keys=True)
+        key = _schema_key(schema)
         validator = self.items.get(key)
         if validator is None:
             cls = jsonschema.validators.validator_for(schema)
@@ -269,6 +269,7 @@ class _ValidatorCache:
 
 
 _VALIDATORS = _ValidatorCache()
+_schema_key = json.JSONEncoder(sort_keys=True).encode  # one encoder, not one per answer
 
 
 def _strip_fence(text: str) -> str:
@@ -385,7 +386,7 @@ def usage_numbers(usage) -> tuple[int, int, int]:
 _SCHEMA = """
 CREATE TABLE req (seq INTEGER PRIMARY KEY, cid TEXT NOT NULL UNIQUE);
 CREATE TABLE inp (cid TEXT NOT NULL, src INTEGER NOT NULL, off INTEGER NOT NULL,
-                  len INTEGER NOT NULL, lineno INTEGER NOT NULL, ep INTEGER NOT NULL,
+                  len INTEGER NOT NULL, ep INTEGER NOT NULL,
                   flags INTEGER NOT NULL, PRIMARY KEY (cid, src)) WITHOUT ROWID;
 CREATE TABLE res (cid TEXT NOT NULL, src INTEGER NOT NULL, fno INTEGER NOT NULL,
                   off INTEGER NOT NULL, len INTEGER NOT NULL);
@@ -466,8 +467,7 @@ def _input_flags(obj: dict) -> tuple[int, int]:
 class Index:
     """The sqlite3 index of one reconciliation; a temporary file removed on close."""
 
-    def __init__(self, sources: list[Source], tmp_dir: str | None = None) -> None:
-        self.sources = sources
+    def __init__(self, tmp_dir: str | None = None) -> None:
         fd, self.path = tempfile.mkstemp(prefix="dwbatch-reconcile-", suffix=".sqlite",
                                          dir=tmp_dir)
         os.close(fd)
@@ -476,7 +476,7 @@ class Index:
                        "cache_size=-65536", "locking_mode=EXCLUSIVE"):
             self.db.execute(f"PRAGMA {pragma}")
         self.db.executescript(_SCHEMA)
-        self.result_files: list[tuple[str, str, int]] = []  # (path, kind, src)
+        self.result_files: list[tuple[str, str]] = []  # (path, kind) by file number
         self.duplicate_inputs = 0
         self.unmatched_results = 0
 
@@ -499,7 +499,7 @@ class Index:
                      "input files beside it (or fetch by bare batch id)")
         for lineno, off, line in _iter_lines(path):
             digest.update(line)
-            if not line.strip():
+            if line.isspace():  # (no copy of the line, unlike strip())
                 continue
             cid, ep, flags = _fast_request_fields(line)
             if cid is None:
@@ -515,7 +515,7 @@ class Index:
                                          "submitted; it seems to have been changed") from None
                 ep, flags = _input_flags(obj)
             req_rows.append((cid,))
-            inp_rows.append((cid, src, off, len(line), lineno, ep, flags))
+            inp_rows.append((cid, src, off, len(line), ep, flags))
             count += 1
             if len(inp_rows) >= _BATCH_ROWS:
                 self._flush_inputs(req_rows, inp_rows)
@@ -533,7 +533,7 @@ class Index:
             return
         self.db.executemany("INSERT OR IGNORE INTO req (cid) VALUES (?)", req_rows)
         before = self.db.total_changes
-        self.db.executemany("INSERT OR IGNORE INTO inp VALUES (?,?,?,?,?,?,?)", inp_rows)
+        self.db.executemany("INSERT OR IGNORE INTO inp VALUES (?,?,?,?,?,?)", inp_rows)
         self.duplicate_inputs += len(inp_rows) - (self.db.total_changes - before)
         req_rows.clear()
         inp_rows.clear()
@@ -544,12 +544,12 @@ class Index:
         if not path or not os.path.exists(path):
             return 0
         fno = len(self.result_files)
-        self.result_files.append((path, kind, src))
+        self.result_files.append((path, kind))
         rows, count = [], 0
         for lineno, off, line in _iter_lines(path):
             if not line.endswith(b"\n"):
                 break  # never a torn line: the downloader only appends complete ones
-            if not line.strip():
+            if line.isspace():
                 continue
             try:
                 cid = _fast_custom_id(line)
@@ -621,7 +621,7 @@ class _Reader:
 # Reconciliation
 # --------------------------------------------------------------------------------------------
 
-@dataclass
+@dataclass(slots=True)
 class Chosen:
     """The winning record of one custom_id, and where its request line lives."""
 
@@ -664,7 +664,7 @@ def reconcile(sources: list[Source], on_record: Callable[[Chosen], None],
     custom_ids that only later jobs have follow in their order.
     """
     summary = Summary()
-    index = Index(sources, tmp_dir)
+    index = Index(tmp_dir)
     reader = _Reader()
     try:
         for src, source in enumerate(sources):
@@ -685,7 +685,7 @@ def reconcile(sources: list[Source], on_record: Callable[[Chosen], None],
                     rec = _no_result_record(source)
                     order = (source.job, -1)
                 else:
-                    path, kind, _ = result_files[fno]
+                    path, kind = result_files[fno]
                     line = loads(reader.read(path, r_off, r_len))
                     body = None
                     if flags & _STRUCTURED:
