@@ -11,16 +11,6 @@ EXIT_CODES = (errors.OK, errors.INTERNAL, errors.INVALID_INPUT, errors.AUTH, err
               errors.INTERRUPTED)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
-
-
 def _sub(subs, name: str, help_text: str, examples: list[str]) -> argparse.ArgumentParser:
     epilog = cli.help_epilog(examples, EXIT_CODES)
     p = subs.add_parser(name, help=help_text, description=help_text, epilog=epilog,
@@ -47,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
               "python3 scripts/batches.py list --status failed --limit 5"])
     p.add_argument("--status", choices=status.ALL_STATUSES, default=None,
                    help="only batches with this status")
-    p.add_argument("--limit", type=_positive_int, default=manage.DEFAULT_LIST_LIMIT,
+    p.add_argument("--limit", type=cli.positive_int, default=manage.DEFAULT_LIST_LIMIT,
                    metavar="N", help=f"show at most N batches (default "
                    f"{manage.DEFAULT_LIST_LIMIT}); pages are fetched as needed")
     p.add_argument("--all", action="store_true", help="every batch (ignores --limit)")

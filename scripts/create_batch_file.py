@@ -61,10 +61,6 @@ def _text_or_file(value: str, flag: str) -> str:
     return text[:-1] if text.endswith("\n") else text
 
 
-def _positive_int(text: str) -> int:
-    return limits.count_arg(text)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = cli.make_parser("create_batch_file.py", DESCRIPTION, EXAMPLES, errors.LOCAL_EXIT_CODES)
     p.add_argument("inputs", nargs="*", metavar="INPUT",
@@ -95,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id-prefix", default="req",
                    help="prefix of generated ids <prefix>-<item number>, e.g. req-000001 "
                         "(default: req)")
-    p.add_argument("--max-tokens", type=_positive_int, metavar="N",
+    p.add_argument("--max-tokens", type=cli.positive_int, metavar="N",
                    help="answer length cap (max_output_tokens for responses)")
     p.add_argument("--temperature", type=float, metavar="T",
                    help="sampling temperature, e.g. 0 for the most likely answer")
@@ -110,14 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "type json_schema (text.format for responses) with strict: true and "
                         "the file's name as the schema name. Strict mode wants every property "
                         "in `required` and additionalProperties: false")
-    p.add_argument("--max-file-bytes", type=limits.size_arg, default=limits.MAX_FILE_BYTES,
+    p.add_argument("--max-file-bytes", type=cli.byte_size, default=limits.MAX_FILE_BYTES,
                    metavar="N",
                    help=f"largest output file, bytes or 200MB/100MiB (default "
                         f"{limits.MAX_FILE_BYTES:,})")
-    p.add_argument("--max-requests", type=limits.count_arg, default=limits.MAX_REQUESTS,
+    p.add_argument("--max-requests", type=cli.positive_int, default=limits.MAX_REQUESTS,
                    metavar="N",
                    help=f"most requests per output file (default {limits.MAX_REQUESTS:,})")
-    p.add_argument("--max-problems", type=limits.count_arg,
+    p.add_argument("--max-problems", type=cli.positive_int,
                    default=limits.DEFAULT_MAX_PROBLEMS, metavar="N",
                    help=f"problems listed in detail before '... and N more' (default "
                         f"{limits.DEFAULT_MAX_PROBLEMS})")

@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="use the real service (needs DOUBLEWORD_API_KEY and --model); "
                              "costs real money, though the example is tiny")
     parser.add_argument("--model", help="model name (default in the sandbox: sandbox-chat)")
-    parser.add_argument("--timeout", type=float, default=120,
+    parser.add_argument("--timeout", type=cli.positive_seconds, default=120,
                         help="seconds to wait for the batch (default 120; use more with --live)")
     return parser
 

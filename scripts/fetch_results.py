@@ -220,15 +220,6 @@ def _download(api, plan: Plan, targets: list[polling.Target], batches: dict,
     return downloads
 
 
-def _warn_base_url_mismatch(targets: list[polling.Target], base_url: str) -> None:
-    for target in targets:
-        recorded = (target.job or {}).get("base_url")
-        if recorded and recorded.rstrip("/") != base_url.rstrip("/"):
-            cli.warn(f"warning: job file {target.job_path} was submitted to {recorded}, but "
-                     f"this command talks to {base_url}; pass --base-url {recorded} if its "
-                     "batches are not found")
-
-
 def _effective_status(batch: dict) -> str | None:
     """The status that decides pending vs missing: a batch stuck `cancelling` since it was
     validating never ran anything, so it counts as cancelled."""
@@ -336,7 +327,7 @@ def main(args: argparse.Namespace) -> cli.Result:
             batches = _recorded_batches(plan, targets)
         else:
             api = stack.enter_context(client.client_from_args(args, on_retry=cli.warn))
-            _warn_base_url_mismatch(targets, api.base_url)
+            polling.warn_base_url_mismatch(targets, api.base_url)
             batches = _check_batches(api, targets)
             downloads = _download(api, plan, targets, batches, args.max_retries)
         sources = _sources(plan, targets, batches)

@@ -8,17 +8,6 @@ import argparse
 from dwbatch import cli, client, polling
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected seconds > 0 (e.g. 60 or 0.5), got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected seconds > 0 (e.g. 60 or 0.5), got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.make_parser(
         "poll.py",
@@ -39,10 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="keep checking until every batch has ended (or --timeout); "
                               "the interval starts at 2 s and grows while nothing changes. "
                               "Ctrl-C stops waiting (exit 130) and never cancels anything")
-    waiting.add_argument("--interval", type=_seconds, default=polling.DEFAULT_MAX_INTERVAL,
-                         metavar="S", help="longest pause between checks, in seconds "
+    waiting.add_argument("--interval", type=cli.positive_seconds,
+                         default=polling.DEFAULT_MAX_INTERVAL, metavar="S",
+                         help="longest pause between checks, in seconds "
                          f"(default {polling.DEFAULT_MAX_INTERVAL:g}; fractions allowed)")
-    waiting.add_argument("--timeout", dest="wait_timeout", type=_seconds, default=None,
+    waiting.add_argument("--timeout", dest="wait_timeout", type=cli.positive_seconds, default=None,
                          metavar="S", help="with --wait: stop waiting after S seconds and "
                          "exit 3 if anything is still running (default: no limit)")
     return parser
@@ -55,7 +45,7 @@ def main(args: argparse.Namespace) -> cli.Result:
     targets = polling.resolve_targets(args.targets)
     clock = polling.clock_from_env()
     api = client.client_from_args(args)
-    _warn_base_url_mismatch(targets, api.base_url)
+    polling.warn_base_url_mismatch(targets, api.base_url)
     tracker = polling.Tracker(targets, clock)
     with api:
         if not args.wait:
@@ -70,15 +60,6 @@ def main(args: argparse.Namespace) -> cli.Result:
         if outcome.polls == 0 and outcome.interrupted:
             raise KeyboardInterrupt
         return polling.report(tracker, outcome, args.targets)
-
-
-def _warn_base_url_mismatch(targets, base_url: str) -> None:
-    for target in targets:
-        recorded = (target.job or {}).get("base_url")
-        if recorded and recorded.rstrip("/") != base_url.rstrip("/"):
-            cli.warn(f"warning: job file {target.job_path} was submitted to {recorded}, but "
-                     f"this command talks to {base_url}; pass --base-url {recorded} if its "
-                     "batches are not found")
 
 
 if __name__ == "__main__":

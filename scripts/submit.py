@@ -38,11 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--job", metavar="PATH", default=None,
                         help="job file to write (default: PROMPTS.job.json beside the first "
                              "input); re-run with the same --job to resume")
-    parser.add_argument("--max-file-bytes", type=limits.size_arg,
+    parser.add_argument("--max-file-bytes", type=cli.byte_size,
                         default=limits.MAX_FILE_BYTES, metavar="N",
                         help=f"split files larger than this (default {limits.MAX_FILE_BYTES:,}; "
                              "units allowed: 100MB, 100MiB)")
-    parser.add_argument("--max-requests", type=limits.count_arg, default=limits.MAX_REQUESTS,
+    parser.add_argument("--max-requests", type=cli.positive_int, default=limits.MAX_REQUESTS,
                         metavar="N",
                         help=f"split files with more requests (default {limits.MAX_REQUESTS:,})")
     parser.add_argument("--dry-run", action="store_true",

@@ -445,3 +445,14 @@ def test_live_progress_line_only_on_a_terminal(sb):
     text = seen.decode()
     assert "validating: 0/2 done (0%)" in text and "next check in" in text
     assert TEST_KEY not in text
+
+
+def test_job_submitted_elsewhere_is_named_with_the_flag_to_use(capsys):
+    here = polling.Target("a.job.json", "a.job.json", {"base_url": "http://127.0.0.1:1/v1/"})
+    there = polling.Target("b.job.json", "b.job.json", {"base_url": "https://other.example/v1"})
+    polling.warn_base_url_mismatch([here, there, polling.Target("batch-1")],
+                                   "http://127.0.0.1:1/v1")
+    err = capsys.readouterr().err
+    assert "a.job.json" not in err  # a trailing slash is the same server
+    assert "b.job.json was submitted to https://other.example/v1" in err
+    assert "--base-url https://other.example/v1" in err

@@ -137,3 +137,19 @@ def test_help_lists_only_the_exit_codes_a_script_can_give(capsys):
     table = capsys.readouterr().out.split("exit codes:")[1]
     codes = [line.split()[0] for line in table.strip().splitlines()]
     assert codes == ["0", "1", "2", "130"]
+
+
+def test_argparse_value_types_accept_and_refuse_alike():
+    import argparse
+
+    assert cli.positive_int("3") == 3 and cli.non_negative_int("0") == 0
+    assert cli.positive_seconds("0.5") == 0.5 and cli.byte_size("2MB") == 2_000_000
+    for kind, bad, words in ((cli.positive_int, "0", "at least 1"),
+                             (cli.positive_int, "ten", "'ten'"),
+                             (cli.non_negative_int, "-1", "at least 0"),
+                             (cli.positive_seconds, "0", "seconds > 0"),
+                             (cli.positive_seconds, "nan", "'nan'"),
+                             (cli.byte_size, "lots", "'lots'")):
+        with pytest.raises(argparse.ArgumentTypeError) as exc:
+            kind(bad)
+        assert words in str(exc.value), (kind.__name__, bad, str(exc.value))

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from . import errors
+from .limits import parse_size
 from .secrets import redact
 
 
@@ -183,25 +184,6 @@ def add_network_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     """--base-url, --max-retries and --request-timeout for every script that talks to the API."""
     from .config import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT  # late: config imports errors only
 
-    def non_negative_int(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected a whole number >= 0, got {text!r}") from None
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-        return value
-
-    def positive_float(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
-        return value
-
     group = parser.add_argument_group("network")
     group.add_argument(
         "--base-url", metavar="URL", default=None,
@@ -212,7 +194,43 @@ def add_network_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         help=f"retries of a call on 429/5xx/network errors, with backoff that honours "
              f"Retry-After (default {DEFAULT_MAX_RETRIES}; 0 = no retries)")
     group.add_argument(
-        "--request-timeout", metavar="SECONDS", type=positive_float, default=DEFAULT_TIMEOUT,
+        "--request-timeout", metavar="SECONDS", type=positive_seconds, default=DEFAULT_TIMEOUT,
         help=f"seconds to wait for the server to answer a call (default {DEFAULT_TIMEOUT:g}; "
              "uploads wait at least 300)")
     return parser
+
+
+# --- argparse value types: every script's numeric flags are read (and refused) alike -------
+
+def _number(text: str, convert: Callable[[str], float], ok: Callable[[float], bool],
+            expected: str):
+    try:
+        value = convert(text)
+    except ValueError:
+        value = None
+    if value is None or not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts and limits (--max-requests, --limit, --max-tokens)."""
+    return _number(text, int, lambda v: v >= 1, "a whole number of at least 1")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type for counts where 0 means none (--max-retries)."""
+    return _number(text, int, lambda v: v >= 0, "a whole number of at least 0")
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type for durations (--request-timeout, --interval, --timeout)."""
+    return _number(text, float, lambda v: v > 0, "seconds > 0 (e.g. 60 or 0.5)")
+
+
+def byte_size(text: str) -> int:
+    """argparse type for --max-file-bytes: bytes, or a unit (200MB, 100MiB)."""
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -2,12 +2,12 @@
 
 Doubleword's docs give 200 MB and 50,000 requests per input file for the hosted service (the
 server's own defaults differ and both are configuration), so these are defaults that users can
-lower or raise with --max-file-bytes / --max-requests; `parse_size` reads those flags.
+lower or raise with --max-file-bytes / --max-requests; `parse_size` reads sizes (the
+argparse types of those flags are in cli.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import re
 
 MAX_FILE_BYTES = 200_000_000          # per input file, as documented for the hosted service
@@ -52,23 +52,4 @@ def parse_size(text: str) -> int:
     value = int(float(m.group(1)) * _UNITS[unit])
     if value <= 0:
         raise ValueError(f"{text!r}: the size must be positive")
-    return value
-
-
-def size_arg(text: str) -> int:
-    """argparse type for --max-file-bytes."""
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def count_arg(text: str) -> int:
-    """argparse type for --max-requests and other positive counts."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
     return value

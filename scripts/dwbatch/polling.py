@@ -144,6 +144,17 @@ def resolve_targets(args: list[str]) -> list[Target]:
     return targets
 
 
+def warn_base_url_mismatch(targets: list[Target], base_url: str) -> None:
+    """A job submitted to another server than this command talks to: say so (its batch ids
+    would answer 404 here)."""
+    for target in targets:
+        recorded = (target.job or {}).get("base_url")
+        if recorded and recorded.rstrip("/") != base_url.rstrip("/"):
+            cli.warn(f"warning: job file {target.job_path} was submitted to {recorded}, but "
+                     f"this command talks to {base_url}; pass --base-url {recorded} if its "
+                     "batches are not found")
+
+
 # --- checking ------------------------------------------------------------------------------
 
 @dataclass
