@@ -105,7 +105,7 @@ def main() -> int:
             os.unlink(only)
 
             raw = os.path.join(tmp, "bench.raw", f"{batch['id']}.output.jsonl")
-            for label in ("fetch_results.py (download + join)",
+            for label in (f"fetch_results.py (download + join of {n:,})",
                           "fetch_results.py again (nothing new)"):
                 m = common.measure(common.script("fetch_results.py", "bench.job.json", "--json"),
                                    env=env, cwd=tmp)
@@ -135,7 +135,7 @@ def main() -> int:
         "download it checks the batch, fetches the error file and joins every request "
         "into the results file (the join alone: see the reconciliation table).")
     for name, m, _ in rows[1:]:
-        report.check(f"{name.split(' (')[0]} peak memory < {MEMORY_TARGET_MB:.0f} MB",
+        report.check(f"{name} peak memory < {MEMORY_TARGET_MB:.0f} MB",
                      f"{m.peak_mb:.1f} MB", m.peak_mb < MEMORY_TARGET_MB)
     report.check(f"download at least half as fast as curl (download only wall <= "
                  f"{SPEED_TARGET:g}x curl)", f"{only.wall / base.wall:.2f}x",

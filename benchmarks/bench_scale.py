@@ -279,10 +279,9 @@ def main() -> int:
 
 
 def requests_at(n_a: int, v_a: float, n_b: int, v_b: float, limit: float) -> float | None:
-    """Requests at which a quantity growing linearly through both points reaches limit."""
+    """Requests at which a quantity growing linearly through both points (both below limit)
+    reaches limit; None when it does not grow."""
     slope = (v_b - v_a) / (n_b - n_a)
-    if v_b >= limit:
-        return float(n_b)
     return None if slope <= 0 else n_b + (limit - v_b) / slope
 
 
@@ -304,12 +303,17 @@ def limits_table(report: common.Report, n2: int, n3: int, at: dict, big: dict) -
             ("fetch_results.py --offline (join)", 1024.0, "fetch_results.py memory > 1 GB"),
             ("create_batch_file.py", 1024.0, "create_batch_file.py memory > 1 GB")):
         a, b = at[n2][name], at[n3][name]
-        where = requests_at(n2, a.peak_mb, n3, b.peak_mb, limit)
         growth = (b.peak_mb - a.peak_mb) / (n3 - n2) * 1e6
-        rows.append((where if where is not None else float("inf"), label,
-                     f"{a.peak_mb:.0f} -> {b.peak_mb:.0f} MB ({growth:+.0f} MB per 1M requests)",
-                     "never (flat)" if where is None else
-                     ("already at " if where <= n2 else "~") + f"{where:,.0f}"))
+        if a.peak_mb >= limit:
+            where, text = float(n2), f"already at {n2:,} (measured)"
+        elif b.peak_mb >= limit:
+            where, text = float(n3), f"between {n2:,} and {n3:,} (measured)"
+        else:
+            found = requests_at(n2, a.peak_mb, n3, b.peak_mb, limit)
+            where = found if found is not None else float("inf")
+            text = "never (flat)" if found is None else f"~{found:,.0f} (extrapolated)"
+        rows.append((where, label, f"{a.peak_mb:.0f} -> {b.peak_mb:.0f} MB "
+                     f"({growth:+.0f} MB per 1M requests)", text))
     for _, label, measured, where in sorted(rows, key=lambda r: r[0]):
         t.add(label, measured, where)
     per_request = sum(big["bytes"].values()) / big["requests"]

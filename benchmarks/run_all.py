@@ -152,7 +152,7 @@ def run_one(name: str, quick: bool, keep: bool, reports: str) -> dict:
 
 
 def markdown(results: list[dict], quick: bool, began: datetime.datetime,
-             command: str) -> str:
+             command: str, machine_rows: list[tuple[str, str]]) -> str:
     out = ["# Benchmark results", "",
            f"Written by `{command}` on {began:%Y-%m-%d %H:%M %Z}"
            + (" with **--quick** sizes (too small for the speed targets: process start-up "
@@ -161,9 +161,15 @@ def markdown(results: list[dict], quick: bool, began: datetime.datetime,
            "machine, against the same local sandbox (scripts/sandbox_server.py on loopback). "
            "See benchmarks/README.md for what each benchmark does and how to re-run it.", "",
            "## Machine", "", "| | |", "|---|---|"]
-    out += [f"| {k} | {v} |" for k, v in machine()]
+    out += [f"| {k} | {v} |" for k, v in machine_rows]
+    now = dict(machine())["commit"]
+    if now != dict(machine_rows)["commit"]:
+        out.append(f"| scripts when this file was written | {now} (they changed during the "
+                   "run; each benchmark used the scripts as they were when it ran) |")
     out += ["", "Load while each benchmark ran (1-minute load average sampled every 2 s on "
-            f"{os.cpu_count()} cores; other people's test runs share the machine):", "",
+            f"{os.cpu_count()} cores; it includes the benchmark's own client and sandbox, "
+            "about 1 to 2 when they are busy; other people's test runs share the machine):",
+            "",
             "| benchmark | started | seconds | load | exit |", "|---|---|---:|---|---:|"]
     for r in results:
         out.append(f"| {r['name']} | {r['started']:%H:%M:%S} | {r['seconds']:.0f} | "
@@ -228,11 +234,12 @@ def main() -> int:
     command = "python3 benchmarks/run_all.py" + (" --quick" if args.quick else "") + \
         (f" --only {' '.join(args.only)}" if args.only else "") + \
         (f" --skip {' '.join(args.skip)}" if args.skip else "")
+    machine_rows = machine()  # as the run starts
     results = []
     for name in names:
         results.append(run_one(name, args.quick, args.keep, reports))
         with open(args.output + ".tmp", "w", encoding="utf-8") as f:  # after each: partial
-            f.write(markdown(results, args.quick, began, command))
+            f.write(markdown(results, args.quick, began, command, machine_rows))
         os.replace(args.output + ".tmp", args.output)
     ok = all(r["exit"] == 0 for r in results)
     print(f"\n{'all targets met' if ok else 'some targets missed or benchmarks failed'}; "
