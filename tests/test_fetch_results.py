@@ -18,7 +18,8 @@ from conftest import (
     script_env,
     start_sandbox,
 )
-from dwbatch.download import count_complete_lines, sync_raw_file
+from dwbatch import errors
+from dwbatch.download import count_complete_lines, raw_dir_lock, sync_raw_file
 
 SCHEMA = {"type": "object", "properties": {"answer": {"type": "string"}},
           "required": ["answer"], "additionalProperties": False}
@@ -592,3 +593,14 @@ def test_line_blocks_keep_torn_tail_and_stop_at_max_lines():
     blocks = list(iter_line_blocks(stream, max_lines=37))
     assert b"".join(b for b, _ in blocks) == b"".join(lines[:37])
     assert sum(n for _, n in blocks) == 37 == stream.lines_read
+
+
+def test_one_download_at_a_time_per_raw_folder(tmp_path):
+    raw = str(tmp_path / "p.raw")
+    with raw_dir_lock(raw):
+        with pytest.raises(errors.DWError) as exc, raw_dir_lock(raw, wait=0.2):
+            pass
+        assert exc.value.code == "download_busy" and exc.value.exit_code == 7
+        assert raw in exc.value.message and "re-run" in exc.value.hint
+    with raw_dir_lock(raw, wait=0.2):  # free again once the holder let go
+        pass

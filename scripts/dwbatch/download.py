@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from . import client as api_client
 from . import errors, jobfile
-from .fsutil import write_json_atomic
+from .fsutil import exclusive_lock, write_json_atomic
 
 CHECKPOINT_LINES = 100_000
 MAX_ATTEMPTS_WITHOUT_PROGRESS = 5
@@ -105,32 +105,15 @@ def raw_dir_lock(raw_dir: str, wait: float = 10.0) -> Iterator[None]:
     """One download into a raw folder at a time (two would append the same lines twice)."""
     os.makedirs(raw_dir, exist_ok=True)
     lock_path = os.path.join(raw_dir, ".download.lock")
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
+
+    def busy() -> errors.DWError:
+        return errors.DWError(
+            f"another fetch_results.py is downloading into {raw_dir} (it holds {lock_path})",
+            code="download_busy", exit_code=errors.UNAVAILABLE,
+            hint="wait for it to finish, then re-run this command")
+
+    with exclusive_lock(lock_path, wait, busy):
         yield
-        return
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise errors.DWError(
-                        f"another fetch_results.py is downloading into {raw_dir} "
-                        f"(it holds {lock_path})", code="download_busy",
-                        exit_code=errors.UNAVAILABLE,
-                        hint="wait for it to finish, then re-run this command") from None
-                time.sleep(0.1)
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------- raw file upkeep

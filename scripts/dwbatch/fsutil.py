@@ -1,4 +1,5 @@
-"""Crash-safe file writes: readers see the old complete file or the new one, never a torn one."""
+"""Crash-safe file writes: readers see the old complete file or the new one, never a torn one;
+and the lock that keeps two commands from writing the same files at once."""
 
 from __future__ import annotations
 
@@ -6,8 +7,14 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import IO
+
+try:  # POSIX; elsewhere the lock is a no-op (the atomic writes still hold)
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
 
 
 def make_temp_beside(path: str, suffix: str = ".tmp") -> tuple[int, str]:
@@ -59,3 +66,32 @@ def write_json_atomic(path: str | os.PathLike, data: object) -> None:
     with atomic_open(path, "w") as f:
         json.dump(data, f, indent=2, ensure_ascii=False)
         f.write("\n")
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_path: str, wait: float, busy: Callable[[], BaseException]
+                   ) -> Iterator[None]:
+    """Hold an exclusive lock on `lock_path` (created if missing) while the block runs.
+
+    Waits up to `wait` seconds for another holder to let go, then raises busy().
+    """
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise busy() from None
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

@@ -18,23 +18,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
 
 from . import errors
-from .fsutil import write_json_atomic
+from .fsutil import exclusive_lock, write_json_atomic
 
 JOB_VERSION = 1
 JOB_SUFFIX = ".job.json"
 LOCK_SUFFIX = ".lock"
 DEFAULT_LOCK_WAIT = 10.0
-
-try:  # POSIX; elsewhere the lock is a no-op (the atomic writes still hold)
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None
 
 
 class JobFileError(errors.InputError):
@@ -205,9 +199,6 @@ def job_lock(path: str, wait: float = DEFAULT_LOCK_WAIT) -> Iterator[None]:
     Waits up to `wait` seconds, then raises DWError (exit 7: safe to re-run later).
     Re-entrant within one process (a nested job_lock on the same job just goes through).
     """
-    if fcntl is None:  # pragma: no cover
-        yield
-        return
     lock_path = os.path.realpath(path) + LOCK_SUFFIX
     if _HELD.get(lock_path):
         _HELD[lock_path] += 1
@@ -216,31 +207,21 @@ def job_lock(path: str, wait: float = DEFAULT_LOCK_WAIT) -> Iterator[None]:
         finally:
             _HELD[lock_path] -= 1
         return
-    directory = os.path.dirname(lock_path)
-    os.makedirs(directory, exist_ok=True)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise errors.DWError(
-                        f"another command is working on the job file {path} "
-                        f"(it holds the lock {path}{LOCK_SUFFIX})",
-                        code="job_busy", exit_code=errors.UNAVAILABLE,
-                        hint="wait for that command to finish, then re-run this one") from None
-                time.sleep(0.1)
+    os.makedirs(os.path.dirname(lock_path), exist_ok=True)
+
+    def busy() -> errors.DWError:
+        return errors.DWError(
+            f"another command is working on the job file {path} "
+            f"(it holds the lock {path}{LOCK_SUFFIX})", code="job_busy",
+            exit_code=errors.UNAVAILABLE,
+            hint="wait for that command to finish, then re-run this one")
+
+    with exclusive_lock(lock_path, wait, busy):
         _HELD[lock_path] = 1
         try:
             yield
         finally:
             _HELD.pop(lock_path, None)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
 
 
 def shard_by_index(job: dict, index: int) -> dict:
