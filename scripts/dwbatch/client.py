@@ -50,6 +50,10 @@ MAX_SERVER_WORDS = 2000
 UPLOAD_CHUNK = 1 << 20
 LINE_CHUNK = 1 << 16
 LIST_PAGE_SIZE = 100
+# What a connection that breaks off while a body streams in raises (requests, urllib3 or
+# http.client, depending on where it broke).
+BROKEN_CONNECTION = (requests.exceptions.RequestException, urllib3.exceptions.HTTPError,
+                     http.client.HTTPException, OSError)
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -327,18 +331,24 @@ class LineStream:
                     start = nl + 1
                     self.lines_read += 1
                     yield line
-        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError,
-                http.client.HTTPException, OSError) as exc:
-            self.partial = bytes(pending)
-            self.close()
-            raise StreamInterrupted(
-                redact(f"{self._method} {self._path}: the download broke off after "
-                       f"{self.lines_read} complete lines ({type(exc).__name__}: {exc})",
-                       self._key),
-                lines_read=self.lines_read, code="stream_interrupted",
-                exit_code=errors.UNAVAILABLE, method=self._method, path=self._path,
-                hint="the lines before the break are complete; re-run to continue") from None
-        self.partial = bytes(pending)
+        except BROKEN_CONNECTION as exc:
+            raise self._broke_off(exc, bytes(pending)) from None
+        self._ended(bytes(pending))
+
+    def _broke_off(self, exc: BaseException, partial: bytes) -> StreamInterrupted:
+        """Keep the torn tail, release the connection, and say how far the download got."""
+        self.partial = partial
+        self.close()
+        return StreamInterrupted(
+            redact(f"{self._method} {self._path}: the download broke off after "
+                   f"{self.lines_read} complete lines ({type(exc).__name__}: {exc})", self._key),
+            lines_read=self.lines_read, code="stream_interrupted",
+            exit_code=errors.UNAVAILABLE, method=self._method, path=self._path,
+            hint="the lines before the break are complete; re-run to continue")
+
+    def _ended(self, partial: bytes) -> None:
+        """The body ended cleanly; `partial` is a last piece without a newline, if any."""
+        self.partial = partial
         self.finished = True
         self.close()
 
@@ -735,17 +745,6 @@ def iter_line_blocks(stream: LineStream, max_lines: int | None = None
                 return
             stream.lines_read += n
             yield block, n
-    except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError,
-            http.client.HTTPException, OSError) as exc:
-        stream.partial = b"".join(parts)
-        stream.close()
-        raise StreamInterrupted(
-            redact(f"{stream._method} {stream._path}: the download broke off after "
-                   f"{stream.lines_read} complete lines ({type(exc).__name__}: {exc})",
-                   stream._key),
-            lines_read=stream.lines_read, code="stream_interrupted",
-            exit_code=errors.UNAVAILABLE, method=stream._method, path=stream._path,
-            hint="the lines before the break are complete; re-run to continue") from None
-    stream.partial = b"".join(parts)
-    stream.finished = True
-    stream.close()
+    except BROKEN_CONNECTION as exc:
+        raise stream._broke_off(exc, b"".join(parts)) from None
+    stream._ended(b"".join(parts))
