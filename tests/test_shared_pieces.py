@@ -153,3 +153,21 @@ def test_argparse_value_types_accept_and_refuse_alike():
         with pytest.raises(argparse.ArgumentTypeError) as exc:
             kind(bad)
         assert words in str(exc.value), (kind.__name__, bad, str(exc.value))
+
+
+def test_terminal_line_rewrites_itself_only_on_a_terminal():
+    import io
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty, pipe = Tty(), io.StringIO()
+    for stream in (tty, pipe):
+        line = cli.TerminalLine(stream)
+        line.show("1/2")
+        line.show("2/2")
+        line.finish()
+        line.finish()  # ends the line once
+    assert tty.getvalue() == "\r\x1b[2K1/2\r\x1b[2K2/2\n"
+    assert pipe.getvalue() == ""

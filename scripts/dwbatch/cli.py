@@ -95,6 +95,28 @@ def warn(message: str) -> None:
     sys.stderr.flush()
 
 
+class TerminalLine:
+    """A progress line on stderr that rewrites itself; silent unless stderr is a terminal."""
+
+    def __init__(self, stream=None) -> None:
+        self.stream = stream or sys.stderr
+        self.enabled = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.shown = False
+
+    def show(self, text: str) -> None:
+        if self.enabled:
+            self.stream.write("\r\x1b[2K" + text)
+            self.stream.flush()
+            self.shown = True
+
+    def finish(self) -> None:
+        """End the line (once), so what follows starts on a fresh one."""
+        if self.shown:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.shown = False
+
+
 def run(main: Callable[[argparse.Namespace], Result], parser: argparse.ArgumentParser,
         argv: Sequence[str] | None = None) -> int:
     """Parse arguments, run `main`, print the outcome, and return the exit code.

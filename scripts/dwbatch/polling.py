@@ -17,7 +17,6 @@ sleep lasts 1/N of it. benchmarks/bench_poll_calls.py uses it to simulate an hou
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -375,26 +374,17 @@ def live_line(tracker: Tracker, next_in: float) -> str:
 
 
 class ProgressLine:
-    """A self-overwriting progress line on stderr, only when stderr is a terminal."""
+    """The --wait progress line (only when stderr is a terminal)."""
 
     def __init__(self, stream=None) -> None:
-        self.stream = stream or sys.stderr
-        self.enabled = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.shown = False
+        self.line = cli.TerminalLine(stream)
 
     def show(self, tracker: Tracker, next_in: float) -> None:
-        if not self.enabled:
-            return
-        text = live_line(tracker, next_in)
-        self.stream.write("\r\x1b[2K" + text[:200])
-        self.stream.flush()
-        self.shown = True
+        if self.line.enabled:
+            self.line.show(live_line(tracker, next_in)[:200])
 
     def finish(self) -> None:
-        if self.shown:
-            self.stream.write("\n")
-            self.stream.flush()
-            self.shown = False
+        self.line.finish()
 
 
 def report(tracker: Tracker, waited: WaitOutcome | None, raw_targets: list[str]) -> cli.Result:

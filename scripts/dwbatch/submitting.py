@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
-from . import errors, jobfile, limits
+from . import cli, errors, jobfile, limits
 from .client import AmbiguousOutcome, APIError, Client
 from .config import resolve_base_url, settings_from_args
 
@@ -742,14 +742,13 @@ def _dry_run(report, opts: SubmitOptions, job_path: str, base_url: str) -> Outco
 # --------------------------------------------------------------------------- progress
 
 class UploadProgress:
-    """A one-line progress bar on stderr (only used when stderr is a terminal)."""
+    """A one-line progress bar on stderr (only when stderr is a terminal)."""
 
     def __init__(self, label: str, stream=None, min_interval: float = 0.2) -> None:
         self.label = label
-        self.stream = stream or sys.stderr
+        self.line = cli.TerminalLine(stream)
         self.min_interval = min_interval
         self.last = 0.0
-        self.shown = False
 
     def __call__(self, sent: int, total: int) -> None:
         now = time.monotonic()
@@ -760,16 +759,11 @@ class UploadProgress:
         width = 30
         filled = int(width * pct / 100)
         bar = "#" * filled + "-" * (width - filled)
-        self.stream.write(f"\ruploading {self.label} [{bar}] {pct:5.1f}% "
-                          f"({sent / 1e6:.1f}/{total / 1e6:.1f} MB)")
-        self.stream.flush()
-        self.shown = True
+        self.line.show(f"uploading {self.label} [{bar}] {pct:5.1f}% "
+                       f"({sent / 1e6:.1f}/{total / 1e6:.1f} MB)")
 
     def done(self) -> None:
-        if self.shown:
-            self.stream.write("\n")
-            self.stream.flush()
-            self.shown = False
+        self.line.finish()
 
 
 def terminal_progress_factory(stream=None):
