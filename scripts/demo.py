@@ -48,12 +48,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _short(path: str) -> str:
-    """The path relative to here when it is below here, else absolute: easy to read."""
-    rel = os.path.relpath(path)
-    return os.path.abspath(path) if rel.startswith("..") else rel
-
-
 def start_sandbox() -> tuple[subprocess.Popen, str]:
     """Start scripts/sandbox_server.py on a free loopback port; return it and its base URL."""
     proc = subprocess.Popen(
@@ -73,7 +67,7 @@ def start_sandbox() -> tuple[subprocess.Popen, str]:
 
 def step(title: str, script: str, args: list[str], env: dict, ok_codes: tuple[int, ...]) -> int:
     """Run one script the way a user would; show its command, its output and its exit code."""
-    shown = " ".join(["python3", _short(os.path.join(HERE, script)),
+    shown = " ".join(["python3", cli.display_path(os.path.join(HERE, script)),
                       *(shlex.quote(a) for a in args)])
     print(f"\n## {title}\n$ {shown}", flush=True)
     proc = subprocess.run([sys.executable, os.path.join(HERE, script), *args],
@@ -105,9 +99,9 @@ def main(args: argparse.Namespace) -> cli.Result:
               "machine).", flush=True)
         env.update(DOUBLEWORD_BASE_URL=base_url, DOUBLEWORD_API_KEY=DEMO_KEY)
         model = args.model or "sandbox-chat"
-    batch_file = _short(os.path.join(workdir, "reviews.jsonl"))
-    job = _short(os.path.join(workdir, "reviews.job.json"))
-    example = _short(EXAMPLES)
+    batch_file = cli.display_path(os.path.join(workdir, "reviews.jsonl"))
+    job = cli.display_path(os.path.join(workdir, "reviews.job.json"))
+    example = cli.display_path(EXAMPLES)
     try:
         step("1. Build a batch file from a CSV and a template", "create_batch_file.py", [
             os.path.join(example, "reviews.csv"), "-o", batch_file, "--model", model,

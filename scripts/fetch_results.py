@@ -128,12 +128,16 @@ class Plan:
             return given
         n = 1
         while True:
-            name = f"{self.stem}.retry.jsonl" if n == 1 else f"{self.stem}.retry{n}.jsonl"
-            path = os.path.join(self.base_dir, name)
+            path = os.path.join(self.base_dir, _retry_name(self.stem, n))
             if os.path.abspath(path) not in self.taken and \
                     not os.path.exists(jobfile.default_job_path(path)):
                 return path
             n += 1
+
+
+def _retry_name(stem: str, n: int) -> str:
+    """The n-th retry file of a job: PROMPTS.retry.jsonl, PROMPTS.retry2.jsonl, ..."""
+    return f"{stem}.retry.jsonl" if n == 1 else f"{stem}.retry{n}.jsonl"
 
 
 def _inputs_of(targets: list[polling.Target]) -> set[str]:
@@ -155,12 +159,11 @@ def _sibling_retry_jobs(targets: list[polling.Target]) -> list[str]:
     stem = jobfile.job_stem(first.job_path)
     found = []
     for n in range(1, 20):
-        name = f"{stem}.retry.job.json" if n == 1 else f"{stem}.retry{n}.job.json"
-        path = os.path.join(base, name)
+        path = jobfile.default_job_path(os.path.join(base, _retry_name(stem, n)))
         if not os.path.exists(path):
             break
         if path not in given:
-            found.append(os.path.relpath(path))
+            found.append(cli.display_path(path))
     return found
 
 
@@ -301,11 +304,7 @@ def _exit_code(summary: reconcile.Summary) -> int:
 
 
 def _show(path: str | None) -> str | None:
-    """A path as the user can type it: relative to the current folder when inside it."""
-    if path is None:
-        return None
-    rel = os.path.relpath(os.path.abspath(path))
-    return rel if not rel.startswith("..") else os.path.abspath(path)
+    return None if path is None else cli.display_path(path)
 
 
 def _counts_text(counts: dict) -> str:

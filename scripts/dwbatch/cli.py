@@ -55,13 +55,16 @@ def make_parser(prog: str, description: str, examples: Sequence[str],
     return parser
 
 
+def display_path(path: str) -> str:
+    """A path as the user can type it: relative when inside the current folder, else absolute."""
+    rel = os.path.relpath(os.path.abspath(path))
+    return rel if not rel.startswith("..") else os.path.abspath(path)
+
+
 def script_command(script: str, *args: str) -> str:
     """A copy-pasteable command line for another script of this skill."""
     here = os.path.dirname(os.path.abspath(sys.argv[0])) if sys.argv and sys.argv[0] else ""
-    path = os.path.join("scripts", script)
-    if here:
-        rel = os.path.relpath(os.path.join(here, script))
-        path = rel if not rel.startswith("..") else os.path.join(here, script)
+    path = display_path(os.path.join(here, script)) if here else os.path.join("scripts", script)
     return " ".join(["python3", shlex.quote(path), *(shlex.quote(a) for a in args)])
 
 
