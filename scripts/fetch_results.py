@@ -268,7 +268,7 @@ def _join(sources: list, plan: Plan, statuses: tuple[str, ...],
     stored = results_stamp.load_reusable(plan.results, plan.retry, current) if reuse else None
     summary = _stored_summary(stored)
     if summary is not None:
-        writer.keep(stored["retry_lines"], stored["retry_counts"])
+        writer.keep(stored["retry_counts"])
         cli.warn(f"note: nothing changed since {_show(plan.results)} was written: kept as it "
                  "is (--rebuild writes it again)")
         return summary, writer, None
@@ -283,7 +283,8 @@ def _stored_summary(stored: dict | None) -> reconcile.Summary | None:
         return None
     try:
         summary = reconcile.Summary(**stored["summary"])
-        int(stored["retry_lines"]), dict(stored["retry_counts"])
+        if not all(isinstance(n, int) for n in dict(stored["retry_counts"]).values()):
+            return None
     except (KeyError, TypeError, ValueError):
         return None
     return summary
@@ -347,8 +348,7 @@ def main(args: argparse.Namespace) -> cli.Result:
     retry_path = _show(writer.commit())
     if stamp is not None:
         results_stamp.save(plan.results, plan.retry, stamp, {
-            "summary": dataclasses.asdict(summary), "retry_lines": writer.lines,
-            "retry_counts": writer.counts})
+            "summary": dataclasses.asdict(summary), "retry_counts": writer.counts})
     results_path = _show(plan.results)
     code = _exit_code(summary)
 

@@ -79,7 +79,6 @@ class Summary:
     counts: dict = field(default_factory=lambda: {s: 0 for s in STATUSES})
     usage: dict = field(default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0,
                                                  "total_tokens": 0})
-    records: int = 0
     # missing records whose batch failed / was cancelled / expired (exit 5)
     missing_from_ended: int = 0
     # missing records of batches that completed (a result should exist): per batch id
@@ -87,6 +86,11 @@ class Summary:
     unmatched_results: int = 0
     duplicate_inputs: int = 0
     superseded: int = 0
+
+    @property
+    def records(self) -> int:
+        """One record per request: the counts add up to it."""
+        return sum(self.counts.values())
 
 
 # --------------------------------------------------------------------------------------------
@@ -714,7 +718,6 @@ def reconcile(sources: list[Source], on_record: Callable[[Chosen], None],
 
 
 def _count(summary: Summary, record: dict, source: Source) -> None:
-    summary.records += 1
     summary.counts[record["status"]] += 1
     if record["status"] == "missing":
         if source.batch_status in ENDED_UNSUCCESSFULLY:

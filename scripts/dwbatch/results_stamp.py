@@ -24,7 +24,7 @@ import os
 from . import __version__
 from .fsutil import write_json_atomic
 
-STAMP_VERSION = 1
+STAMP_VERSION = 2
 
 
 def stamp_path(results_path: str) -> str:

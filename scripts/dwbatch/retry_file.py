@@ -97,11 +97,14 @@ class RetryWriter:
     path: str
     statuses: tuple[str, ...] = RETRYABLE
     raise_tokens: TokenRaise | None = None
-    counts: dict = field(default_factory=dict)
-    lines: int = 0
+    counts: dict = field(default_factory=dict)  # lines written, per status
     _stack: contextlib.ExitStack | None = None
     _f: object = None
     _kept: bool = False
+
+    @property
+    def lines(self) -> int:
+        return sum(self.counts.values())
 
     def wants(self, record: dict) -> bool:
         return record["status"] in self.statuses
@@ -115,13 +118,12 @@ class RetryWriter:
         if record["status"] == "truncated" and self.raise_tokens is not None:
             line = raise_max_tokens(line, record, self.raise_tokens)
         self._f.write(line + b"\n")
-        self.lines += 1
         self.counts[record["status"]] = self.counts.get(record["status"], 0) + 1
 
-    def keep(self, lines: int, counts: dict) -> None:
+    def keep(self, counts: dict) -> None:
         """The file an earlier run wrote is still right (see results_stamp): report it as
         it is, without writing it again."""
-        self.lines, self.counts, self._kept = lines, dict(counts), True
+        self.counts, self._kept = dict(counts), True
 
     def commit(self) -> str | None:
         """Finish the file; returns its path, or None when nothing needed a retry."""
