@@ -138,11 +138,6 @@ class Report:
                 "problem_count": self.problem_count}
 
 
-def format_problems(report: Report) -> str:
-    """The report's problems as text (same as report.render())."""
-    return report.render()
-
-
 class LineInfo(NamedTuple):
     """What a valid line says: its id, url, model and a rough input-token estimate."""
 
