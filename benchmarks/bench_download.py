@@ -64,6 +64,7 @@ def main() -> int:
     parser = common.parser_for(__doc__)
     parser.add_argument("--requests", "--lines", type=int, default=1_000_000,
                         help="requests, so output lines (default 1,000,000)")
+    common.add_repeat_arg(parser)
     common.add_common_args(parser)
     args = parser.parse_args()
     common.need_curl()
@@ -86,23 +87,40 @@ def main() -> int:
             report.info.append(f"{n:,} requests submitted and completed in "
                                f"{time.perf_counter() - t0:.1f} s")
             out_id = batch["output_file_id"]
+            content_url = f"{sandbox.base_url}/files/{out_id}/content"
 
             curl_file = os.path.join(tmp, "curl.jsonl")
-            m = common.measure(["curl", "-sS", "-H", f"@{common.curl_header_file(tmp)}", "-o",
-                                curl_file, f"{sandbox.base_url}/files/{out_id}/content"])
+            header = common.curl_header_file(tmp)
+            m = common.measure(["curl", "-sS", "-H", f"@{header}", "-o", curl_file, content_url])
+            if m.exit_code != 0 or common.count_lines(curl_file) != n:
+                raise SystemExit(f"curl could not download the output file: exit {m.exit_code}")
             size = os.path.getsize(curl_file)
-            rows.append(("curl (baseline)", m,
-                         m.exit_code == 0 and common.count_lines(curl_file) == n))
             expected_sha = common.sha256_of(curl_file)
-            os.unlink(curl_file)
-
             only = os.path.join(tmp, "only.jsonl")
-            m = common.measure([sys.executable, "-c", DOWNLOAD_ONLY.format(
-                scripts=common.SCRIPTS, file_id=out_id, path=only)], env=env)
-            rows.append(("download only (dwbatch.download)", m,
-                         m.exit_code == 0 and m.json().get("lines") == n
-                         and common.sha256_of(only) == expected_sha))
-            os.unlink(only)
+
+            def curl() -> common.Measurement:
+                common.remove(curl_file)
+                m = common.measure(["curl", "-sS", "-H", f"@{header}", "-o", curl_file,
+                                    content_url])
+                checks.append(("curl", m.exit_code == 0 and common.sha256_of(curl_file)
+                               == expected_sha))
+                return m
+
+            def download_only() -> common.Measurement:
+                common.remove(only)
+                m = common.measure([sys.executable, "-c", DOWNLOAD_ONLY.format(
+                    scripts=common.SCRIPTS, file_id=out_id, path=only)], env=env)
+                checks.append(("only", m.exit_code == 0 and m.json().get("lines") == n
+                               and common.sha256_of(only) == expected_sha))
+                return m
+
+            checks: list[tuple[str, bool]] = []
+            runs = common.alternate({"curl": curl, "only": download_only}, args.repeat)
+            common.remove(curl_file, only)
+            rows.append(("curl (baseline)", common.combined(runs["curl"]),
+                         all(ok for k, ok in checks if k == "curl")))
+            rows.append(("download only (dwbatch.download)", common.combined(runs["only"]),
+                         all(ok for k, ok in checks if k == "only")))
 
             raw = os.path.join(tmp, "bench.raw", f"{batch['id']}.output.jsonl")
             for label in (f"fetch_results.py (download + join of {n:,})",
@@ -118,7 +136,8 @@ def main() -> int:
 
     base = rows[0][1]
     report.info.append(f"output file: {n:,} lines, {size / 1e6:.1f} MB")
-    table = report.table("Download, same output file, same sandbox, one process at a time",
+    table = report.table(f"Download, same output file, same sandbox, one process at a time "
+                         f"(curl and download only: median of {args.repeat} runs, taking turns)",
                          ["client", "wall s", "peak MB", "wall x curl", "mem x curl", "ok"],
                          ["", ".2f", ".1f", "{:.2f}x", "{:.2f}x"])
     for name, m, ok in rows:
@@ -127,6 +146,8 @@ def main() -> int:
             report.problems.append(f"{name}: exit {m.exit_code}, wrong or missing lines "
                                    f"({m.stdout[:300]!r})")
     only, fetch = rows[1][1], rows[2][1]
+    table.notes.append("wall times of the curl and download-only runs: " + "; ".join(
+        f"{k} " + ", ".join(f"{m.wall:.2f}" for m in v) for k, v in runs.items()))
     table.notes.append(
         "ok = every line arrived and the copy equals curl's byte for byte (fetch_results.py: "
         "also every request reconciled as ok).")

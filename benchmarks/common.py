@@ -332,6 +332,28 @@ def measure(cmd: list[str], env: dict | None = None, cwd: str | None = None,
     return Measurement(wall, peak_kb / divisor, proc.returncode, text)
 
 
+def combined(runs: list[Measurement]) -> Measurement:
+    """Several runs of one command as one: median wall time, highest peak memory, the first
+    failing exit status (else 0), the last stdout."""
+    walls = sorted(m.wall for m in runs)
+    mid = len(walls) // 2
+    median = walls[mid] if len(walls) % 2 else (walls[mid - 1] + walls[mid]) / 2
+    failed = [m.exit_code for m in runs if m.exit_code != 0]
+    return Measurement(median, max(m.peak_mb for m in runs), failed[0] if failed else 0,
+                       runs[-1].stdout)
+
+
+def alternate(commands: dict[str, Callable[[], Measurement]], repeat: int
+              ) -> dict[str, list[Measurement]]:
+    """Run each contender `repeat` times, taking turns (a, b, a, b, ...), so a burst of load
+    from other processes hits both rather than one."""
+    runs: dict[str, list[Measurement]] = {name: [] for name in commands}
+    for _ in range(max(1, repeat)):
+        for name, run in commands.items():
+            runs[name].append(run())
+    return runs
+
+
 def timed(fn: Callable, *args, repeat: int = 1) -> tuple[float, object]:
     """Best wall time of fn(*args) in this process over `repeat` runs, and its result."""
     best, result = float("inf"), None
@@ -451,6 +473,12 @@ class Report:
         raw["tables"] = [Table(**t) for t in raw["tables"]]
         raw["checks"] = [Check(**c) for c in raw["checks"]]
         return cls(**raw)
+
+
+def add_repeat_arg(parser: argparse.ArgumentParser, default: int = 3) -> None:
+    parser.add_argument("--repeat", type=int, default=default,
+                        help=f"runs of each contender, taking turns; the median wall time and "
+                             f"the highest peak memory are reported (default {default})")
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
