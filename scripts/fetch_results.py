@@ -345,10 +345,11 @@ def main(args: argparse.Namespace) -> cli.Result:
             writer.abort()
             summary, writer, stamp = _join(sources, plan, statuses, raise_tokens, progress,
                                            reuse=False)
-    retry_path = _show(writer.commit())
-    if stamp is not None:
-        results_stamp.save(plan.results, plan.retry, stamp, {
-            "summary": dataclasses.asdict(summary), "retry_counts": writer.counts})
+        # still under the raw folders' locks: the stamp describes these very files
+        retry_path = _show(writer.commit())
+        if stamp is not None:
+            results_stamp.save(plan.results, plan.retry, stamp, {
+                "summary": dataclasses.asdict(summary), "retry_counts": writer.counts})
     results_path = _show(plan.results)
     code = _exit_code(summary)
 

@@ -337,3 +337,33 @@ def test_stale_retry_file_is_removed_when_nothing_needs_a_retry(tmp_path):
     stale.write_text("old\n")
     run([source(tmp_path, "ok", [chat_req("a", "x")], [chat_ok("a", "ECHO x")])], tmp_path)
     assert not stale.exists()
+
+
+def test_results_stamp_vouches_only_for_the_files_it_saw(tmp_path):
+    from dwbatch import results_stamp
+
+    inp = write_jsonl(tmp_path / "in.jsonl", [chat_req("a", "x")])
+    out = write_jsonl(tmp_path / "out.jsonl", [chat_ok("a", "y")])
+    results, retry = str(tmp_path / "r.jsonl"), str(tmp_path / "r.retry.jsonl")
+    Path(results).write_text("{}\n")
+
+    def fp(status="completed"):
+        return results_stamp.fingerprint(
+            [reconcile.Source(inp, out, None, "b1", status)], {"format": "jsonl"})
+
+    results_stamp.save(results, retry, fp(), {"n": 1})
+    assert Path(results_stamp.stamp_path(results)).name == ".r.jsonl.stamp.json"
+    assert results_stamp.load_reusable(results, retry, fp()) == {"n": 1}
+    assert results_stamp.load_reusable(results, retry, fp("cancelled")) is None  # status
+    with open(out, "a") as f:  # a new raw line
+        f.write(json.dumps(chat_ok("a", "z")) + "\n")
+    assert results_stamp.load_reusable(results, retry, fp()) is None
+    results_stamp.save(results, retry, fp(), {"n": 2})
+    Path(retry).write_text("{}\n")  # a retry file the stamp did not see
+    assert results_stamp.load_reusable(results, retry, fp()) is None
+    Path(retry).unlink()
+    Path(results).write_text("{}\n{}\n")  # the results file was edited
+    assert results_stamp.load_reusable(results, retry, fp()) is None
+    results_stamp.save(results, retry, fp(), {"n": 3})
+    results_stamp.forget(results)
+    assert results_stamp.load_reusable(results, retry, fp()) is None

@@ -3,9 +3,9 @@
 Why: joining a million requests takes tens of seconds, and agents re-run fetch_results.py
 often (a finished job is fetched again, a retry job's results are merged later). When every
 input the join reads is as it was (the request files, the raw output and error copies, the
-batch statuses, the options that shape the output) and the results and retry files are the
-very files the last run wrote, the join would write the same bytes again: the stamp lets the
-caller keep those files and report the summary stored with it instead.
+batch statuses, the options that shape the output, the join's own code) and the results
+and retry files are the very files the last run wrote, the join would write the same bytes
+again: the stamp lets the caller keep those files and report the summary stored with it.
 
 A file counts as unchanged when its size, modification time (ns) and inode are the same: the
 downloader only ever appends to a raw copy or replaces it, and results are replaced by rename,
@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 
-from . import __version__
 from .fsutil import write_json_atomic
 
 STAMP_VERSION = 2
+# The modules whose code decides the bytes of the results and retry files.
+_JOIN_MODULES = ("reconcile.py", "results_io.py", "retry_file.py")
 
 
 def stamp_path(results_path: str) -> str:
@@ -44,16 +46,30 @@ def file_state(path: str | None) -> list[int] | None:
     return [st.st_size, st.st_mtime_ns, st.st_ino]
 
 
+def code_digest() -> str:
+    """sha256 of the join's own code: updated scripts rebuild instead of trusting old output."""
+    digest = hashlib.sha256()
+    here = os.path.dirname(os.path.abspath(__file__))
+    for name in _JOIN_MODULES:
+        try:
+            with open(os.path.join(here, name), "rb") as f:
+                digest.update(f.read())
+        except OSError:
+            digest.update(b"(unreadable)")
+    return digest.hexdigest()
+
+
 def fingerprint(sources, options: dict) -> dict:
     """Everything the join reads: each source (paths, batch id and status, job position, label,
-    recorded sha256) with the state of its input and raw files, and the output options."""
+    recorded sha256) with the state of its input and raw files, the output options and the
+    join's code."""
     items = []
     for source in sources:
         item = dataclasses.asdict(source)
         for key in ("input_path", "output_path", "error_path"):
             item[key + "_state"] = file_state(item[key])
         items.append(item)
-    return {"version": STAMP_VERSION, "tool": __version__, "options": options,
+    return {"version": STAMP_VERSION, "code": code_digest(), "options": options,
             "sources": items}
 
 
