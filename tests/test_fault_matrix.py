@@ -585,7 +585,8 @@ def test_batch_past_expires_at_keeps_running_on_doubleword(sb, tmp_path):
 def test_batch_past_expires_at_expires_on_a_stock_server(sandbox_factory, tmp_path):
     """The same on an OpenAI-compatible server (--openai-compat): the batch becomes
     `expired` (poll exit 5); the 4 finished requests keep their results, the 8 that never ran
-    come back in the error file as expired: `error` records, all in the retry file."""
+    come back in the error file as expired: `missing` records (fetch exit 5, like poll), all
+    in the retry file."""
     compat = sandbox_factory("--openai-compat", "--enable-faults", "--manual", "--seed", "5")
     job = submitted(compat, tmp_path)
     job.advance(4)
@@ -593,7 +594,8 @@ def test_batch_past_expires_at_expires_on_a_stock_server(sandbox_factory, tmp_pa
     code, out = job.poll()
     assert code == 5 and out["batches"][0]["state"] == "expired", out
     code, out = job.fetch()
-    assert code == 4 and out["counts"]["pending"] == 0, out
+    assert code == 5 and out["counts"]["pending"] == 0, out
+    assert out["counts"]["missing"] == 8, "requests that never ran are missing, not failed"
     batch = compat.get(f"/batches/{job.batch_ids()[0]}").json()
     ran = {json.loads(x)["custom_id"]
            for x in compat.get(f"/files/{batch['output_file_id']}/content").content.splitlines()}
@@ -602,7 +604,7 @@ def test_batch_past_expires_at_expires_on_a_stock_server(sandbox_factory, tmp_pa
         line = json.loads(x)
         (expired if line["error"]["code"] == "batch_expired" else ran).add(line["custom_id"])
     assert len(ran) == 4 and len(expired) == 8
-    expect = {cid: "error" if cid in expired else status
+    expect = {cid: "missing" if cid in expired else status
               for cid, status in job.expected().items()}
     records = assert_job_intact(compat, [job], expect=expect)
     for r in records:

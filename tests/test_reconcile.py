@@ -367,3 +367,15 @@ def test_results_stamp_vouches_only_for_the_files_it_saw(tmp_path):
     results_stamp.save(results, retry, fp(), {"n": 3})
     results_stamp.forget(results)
     assert results_stamp.load_reusable(results, retry, fp()) is None
+
+
+def test_a_request_that_never_ran_because_its_batch_expired_is_missing_not_failed():
+    line = {"id": "batch_req_1", "custom_id": "a", "response": None,
+            "error": {"code": "batch_expired",
+                      "message": "This request could not be executed before the completion "
+                                 "window expired."}}
+    rec = reconcile.classify("error", line, None, "/v1/chat/completions")
+    assert rec["status"] == "missing"
+    assert "completion window" in rec["error"]["message"]
+    line["error"]["code"] = None
+    assert reconcile.classify("error", line, None, "/v1/chat/completions")["status"] == "error"

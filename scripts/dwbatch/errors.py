@@ -37,8 +37,6 @@ def exit_code_table(codes=None) -> str:
     return "exit codes:\n" + "\n".join(f"  {c:<4} {EXIT_CODE_MEANINGS[c]}" for c in chosen)
 
 
-EXIT_CODE_TABLE = exit_code_table()
-
 
 class DWError(Exception):
     """An expected failure, with what to tell the user and which exit code to use.

@@ -39,6 +39,9 @@ TRUNCATION_REASONS = {"length", "max_tokens", "max_output_tokens"}
 # is not one of them: requests in flight can still finish (callers pass `cancelled` for a
 # batch stuck in `cancelling` since validation, where nothing ever ran).
 ENDED_UNSUCCESSFULLY = {"failed", "cancelled", "expired"}
+# Error-file codes of requests that never ran because their batch ended (stock
+# OpenAI-compatible servers write these): such a request is missing, not failed.
+NEVER_RAN_CODES = {"batch_expired", "batch_cancelled"}
 TERMINAL = {"completed"} | ENDED_UNSUCCESSFULLY
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses",
@@ -330,6 +333,8 @@ def classify(kind: str, line: dict, request_body: dict | None, endpoint: str) ->
     if kind == "error" or not isinstance(response, dict):
         rec["error"] = error_details(error if error is not None else
                                      "the result line has neither a response nor an error")
+        if rec["error"]["code"] in NEVER_RAN_CODES:
+            rec["status"] = "missing"
         return rec
     status_code = response.get("status_code")
     body = response.get("body")
