@@ -12,7 +12,6 @@ import shutil
 import subprocess
 
 import pytest
-
 from conftest import ROOT, TEST_KEY
 
 REFERENCE = ROOT / "references" / "api_reference.md"

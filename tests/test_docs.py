@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ROOT, SCRIPTS, run_script
 
 SKILL = ROOT / "SKILL.md"
@@ -27,7 +26,9 @@ def _frontmatter() -> dict:
 
 def test_reference_validator_accepts_the_skill(tmp_path):
     skill_dir = tmp_path / "doubleword-batch"
-    shutil.copytree(ROOT, skill_dir, ignore=shutil.ignore_patterns(".git", ".venv", ".dwtools", "work", "__pycache__", ".pytest_cache"))
+    skip = shutil.ignore_patterns(".git", ".venv", ".dwtools", "work", "__pycache__",
+                                  ".pytest_cache")
+    shutil.copytree(ROOT, skill_dir, ignore=skip)
     proc = subprocess.run([sys.executable, "-m", "skills_ref.cli", "validate", str(skill_dir)],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr

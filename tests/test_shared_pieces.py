@@ -7,7 +7,6 @@ import json
 import os
 
 import pytest
-
 from dwbatch import cli, errors, fsutil, secrets
 
 

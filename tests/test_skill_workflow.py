@@ -46,7 +46,7 @@ def test_workflow_commands_run_in_order_and_exit_as_documented(sandbox_factory, 
     expected = [0, 0, 3, 4, 0, 0]
     advance_before = {3: True, 5: True}  # the sandbox finishes the batches before these steps
     nexts: list[str] = []
-    for index, ((command, text), code) in enumerate(zip(steps, expected)):
+    for index, ((command, text), code) in enumerate(zip(steps, expected, strict=True)):
         if advance_before.get(index):
             sb.advance()
         proc = _run(command, tmp_path, env)
@@ -63,7 +63,8 @@ def test_workflow_commands_run_in_order_and_exit_as_documented(sandbox_factory, 
     assert [r["custom_id"] for r in results] == ["a1", "a2", "a3", "a4"]
     assert all(r["status"] == "ok" for r in results)
     assert results[1]["content"].endswith("Terrible service")
-    assert (tmp_path / "prompts.job.json").exists() and (tmp_path / "prompts.retry.job.json").exists()
+    assert (tmp_path / "prompts.job.json").exists()
+    assert (tmp_path / "prompts.retry.job.json").exists()
     assert_no_key_in_tree(tmp_path)
 
 
