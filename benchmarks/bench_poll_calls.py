@@ -149,7 +149,7 @@ def main() -> int:
         ours = next(r[2] for r in rows if r[0] == kind)
         table.add(kind, label, calls, sim / 60, calls / max(1, ours))
     sim_latency = latency * args.scale
-    table.notes.append(f"status call latency {latency * 1000:.1f} ms real = {sim_latency:.1f} s "
+    table.notes.append(f"status call latency {latency * 1000:.1f} ms real = {sim_latency:.2f} s "
                        "simulated" + ("; WARNING: longer than the 2 s interval, so the "
                                       "sandbox baseline is undercounted: lower --scale"
                                       if sim_latency >= 2.0 else ""))
