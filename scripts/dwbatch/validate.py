@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from . import limits, tokens
+from .idtable import IdTable
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "references" / "batch_request.schema.json"
 
@@ -361,7 +362,7 @@ class Checker:
     def __init__(self, report: Report | None = None, *, track_ids: bool = True) -> None:
         self.report = report if report is not None else Report()
         self.track_ids = track_ids  # False only for ids unique by construction
-        self._seen: dict[str, int] = {}  # custom_id -> file index << 40 | line
+        self._seen = IdTable()  # custom_id -> file index << 40 | line of its first use
         self._sources: list[str] = []
 
     def begin_file(self, path: str) -> FileStats:
@@ -446,12 +447,11 @@ class Checker:
                 ok = False
         if not self.track_ids:
             return ok
-        first = self._seen.get(cid)
-        if first is None:
-            if not self._sources or self._sources[-1] != source:
-                self._sources.append(source)
-            self._seen[cid] = (len(self._sources) - 1) << 40 | lineno
-        else:
+        if not self._sources or self._sources[-1] != source:
+            self._sources.append(source)
+        first = self._seen.add(cid.encode("utf-8", "surrogatepass"),
+                               (len(self._sources) - 1) << 40 | lineno)
+        if first is not None:
             first_source, first_line = self._sources[first >> 40], first & ((1 << 40) - 1)
             where = f"line {first_line}" + ("" if first_source == source else
                                              f" of {first_source}")
