@@ -482,7 +482,7 @@ class Index:
         os.close(fd)
         self.db = sqlite3.connect(self.path)
         for pragma in ("journal_mode=OFF", "synchronous=OFF", "temp_store=FILE",
-                       "cache_size=-65536", "locking_mode=EXCLUSIVE"):
+                       "cache_size=-16384", "locking_mode=EXCLUSIVE"):
             self.db.execute(f"PRAGMA {pragma}")
         self.db.executescript(_SCHEMA)
         self.result_files: list[tuple[str, str]] = []  # (path, kind) by file number
