@@ -48,7 +48,7 @@ DEFAULT_BASE_DELAY = 0.5
 DEFAULT_MAX_DELAY = 30.0
 MAX_SERVER_WORDS = 2000
 UPLOAD_CHUNK = 1 << 20
-LINE_CHUNK = 1 << 16
+LINE_CHUNK = 1 << 20
 LIST_PAGE_SIZE = 100
 # What a connection that breaks off while a body streams in raises (requests, urllib3 or
 # http.client, depending on where it broke).
