@@ -63,6 +63,11 @@ class Sandbox:
             payload["requests"] = requests_
         return self.control("POST", "/advance", payload)
 
+    def reset(self) -> None:
+        """No faults left and an empty call log: a shared sandbox as good as new for a test."""
+        self.clear_faults()
+        self.control("DELETE", "/calls")
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -90,6 +95,26 @@ def start_sandbox(*args: str, api_key: str | None = TEST_KEY) -> Sandbox:
             return Sandbox(proc, m.group(1))
     proc.kill()
     raise RuntimeError(f"sandbox did not start: {line!r} {proc.stderr.read()!r}")
+
+
+def sandbox_per_file(*flags: str, name: str = "sb"):
+    """Fixtures for a test file that shares one sandbox (started with `flags`) among its tests:
+    `shared_sandbox` (module scope) and `name` (per test: faults and call log reset around it).
+    Use as `shared_sandbox, sb = sandbox_per_file("--manual")`."""
+
+    @pytest.fixture(scope="module", name="shared_sandbox")
+    def shared() -> Sandbox:
+        sb = start_sandbox(*flags)
+        yield sb
+        sb.stop()
+
+    @pytest.fixture(name=name)
+    def per_test(shared_sandbox: Sandbox) -> Sandbox:
+        shared_sandbox.reset()
+        yield shared_sandbox
+        shared_sandbox.clear_faults()
+
+    return shared, per_test
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import PYTHON, SCRIPTS, TEST_KEY, script_env, start_sandbox
+from conftest import PYTHON, SCRIPTS, TEST_KEY, sandbox_per_file, script_env
 
 CHAT = "/v1/chat/completions"
 
@@ -142,17 +142,7 @@ BAD_USAGE = {
 }
 
 
-@pytest.fixture(scope="module")
-def shared_sandbox():
-    sb = start_sandbox("--enable-faults")
-    yield sb
-    sb.stop()
-
-
-@pytest.fixture
-def sb(shared_sandbox):
-    shared_sandbox.control("DELETE", "/calls")
-    return shared_sandbox
+shared_sandbox, sb = sandbox_per_file("--enable-faults")
 
 
 def start(script: str, *args: str, cwd: Path, env: dict) -> subprocess.Popen:

@@ -11,7 +11,7 @@ import time
 import tracemalloc
 
 import pytest
-from conftest import TEST_KEY, start_sandbox
+from conftest import TEST_KEY, sandbox_per_file
 from dwbatch import errors
 from dwbatch.client import (
     AmbiguousOutcome,
@@ -160,20 +160,7 @@ def test_multipart_body_length_matches_bytes_sent(tmp_path):
 
 # --------------------------------------------------------------------------- over HTTP
 
-@pytest.fixture(scope="module")
-def shared_sandbox():
-    sb = start_sandbox("--enable-faults")
-    yield sb
-    sb.stop()
-
-
-@pytest.fixture
-def sandbox(shared_sandbox):
-    """One sandbox for this module (fast); faults and the call log reset for every test."""
-    shared_sandbox.clear_faults()
-    shared_sandbox.control("DELETE", "/calls")
-    yield shared_sandbox
-    shared_sandbox.clear_faults()
+shared_sandbox, sandbox = sandbox_per_file("--enable-faults", name="sandbox")
 
 
 def make_client(sandbox, *, max_retries=3, key=TEST_KEY, timeout=10.0, notes=None,

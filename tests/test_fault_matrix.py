@@ -30,8 +30,8 @@ from conftest import (
     TEST_KEY,
     assert_no_key_in_tree,
     run_json,
+    sandbox_per_file,
     script_env,
-    start_sandbox,
 )
 
 CHAT = "/v1/chat/completions"
@@ -40,20 +40,7 @@ RAW_NAMES = {"output": "output", "error": "errors"}  # <batch>.<name>.jsonl in P
 
 # =============================================================================== fixtures
 
-@pytest.fixture(scope="module")
-def shared_sandbox():
-    sb = start_sandbox("--enable-faults", "--manual", "--seed", "5")
-    yield sb
-    sb.stop()
-
-
-@pytest.fixture
-def sb(shared_sandbox):
-    """The module's manual sandbox, with no faults and an empty call log for this test."""
-    shared_sandbox.clear_faults()
-    shared_sandbox.control("DELETE", "/calls")
-    yield shared_sandbox
-    shared_sandbox.clear_faults()
+shared_sandbox, sb = sandbox_per_file("--enable-faults", "--manual", "--seed", "5")
 
 
 # =============================================================================== a job

@@ -15,8 +15,8 @@ from conftest import (
     assert_no_key_in_tree,
     run_json,
     run_script,
+    sandbox_per_file,
     script_env,
-    start_sandbox,
 )
 from dwbatch import errors
 from dwbatch.download import count_complete_lines, raw_dir_lock, sync_raw_file
@@ -25,19 +25,7 @@ SCHEMA = {"type": "object", "properties": {"answer": {"type": "string"}},
           "required": ["answer"], "additionalProperties": False}
 
 
-@pytest.fixture(scope="module")
-def shared_sandbox():
-    sb = start_sandbox("--enable-faults", "--manual", "--seed", "7")
-    yield sb
-    sb.stop()
-
-
-@pytest.fixture
-def sb(shared_sandbox):
-    """One manual sandbox for the whole file (faults cleared around every test)."""
-    shared_sandbox.clear_faults()
-    yield shared_sandbox
-    shared_sandbox.clear_faults()
+shared_sandbox, sb = sandbox_per_file("--enable-faults", "--manual", "--seed", "7")
 
 
 # --- helpers -------------------------------------------------------------------------------
