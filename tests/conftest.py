@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from dwbatch import jobfile
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "scripts"
@@ -205,3 +206,15 @@ def create_batch_direct(sb: Sandbox, prompts: list[str], metadata: dict | None =
     r = sb.post("/batches", json=payload)
     assert r.status_code == 201, r.text
     return r.json()
+
+
+def write_job(path: Path, box, batches: list[dict]) -> Path:
+    """A job file as submit.py records it, for batches created directly."""
+    job = jobfile.new_job(base_url=box.base_url, completion_window="24h",
+                          endpoint="/v1/chat/completions")
+    job["inputs"].append({"path": "in.jsonl", "sha256": "0" * 64, "requests": 1, "bytes": 1})
+    for i, b in enumerate(batches):
+        job["shards"].append({"index": i, "path": f"in-{i:03d}.jsonl", "requests": 1,
+                              "batch_id": b["id"], "status": b["status"]})
+    jobfile.save_job(str(path), job)
+    return path

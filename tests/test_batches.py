@@ -6,11 +6,16 @@ from __future__ import annotations
 import io
 import json
 import uuid
-from pathlib import Path
 
 import pytest
-from conftest import create_batch_direct, run_json, run_script, script_env, start_sandbox
-from dwbatch import jobfile
+from conftest import (
+    create_batch_direct,
+    run_json,
+    run_script,
+    script_env,
+    start_sandbox,
+    write_job,
+)
 
 
 @pytest.fixture(scope="module")
@@ -23,16 +28,6 @@ def sb():
 def batches(box, *args):
     return run_json("batches.py", *args, env=script_env(box.base_url))
 
-
-def write_job(path: Path, box, created: list[dict]) -> Path:
-    job = jobfile.new_job(base_url=box.base_url, completion_window="24h",
-                          endpoint="/v1/chat/completions")
-    job["inputs"].append({"path": "in.jsonl", "sha256": "0" * 64, "requests": 1, "bytes": 1})
-    for i, b in enumerate(created):
-        job["shards"].append({"index": i, "path": f"in-{i:03d}.jsonl", "requests": 1,
-                              "batch_id": b["id"], "status": b["status"]})
-    jobfile.save_job(str(path), job)
-    return path
 
 
 def test_list_pages_past_101_batches(sb):

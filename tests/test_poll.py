@@ -9,7 +9,6 @@ import signal
 import subprocess
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 from conftest import (
@@ -21,8 +20,9 @@ from conftest import (
     run_script,
     script_env,
     start_sandbox,
+    write_job,
 )
-from dwbatch import errors, jobfile, polling
+from dwbatch import errors, polling
 
 # =============================================================================== unit
 
@@ -203,17 +203,6 @@ def sb():
 def env_for(box):
     return script_env(box.base_url)
 
-
-def write_job(path: Path, box, batches: list[dict]) -> Path:
-    """A job file as submit.py records it, for batches created directly."""
-    job = jobfile.new_job(base_url=box.base_url, completion_window="24h",
-                          endpoint="/v1/chat/completions")
-    job["inputs"].append({"path": "in.jsonl", "sha256": "0" * 64, "requests": 1, "bytes": 1})
-    for i, b in enumerate(batches):
-        job["shards"].append({"index": i, "path": f"in-{i:03d}.jsonl", "requests": 1,
-                              "batch_id": b["id"], "status": b["status"]})
-    jobfile.save_job(str(path), job)
-    return path
 
 
 def poll(box, *args, **kw):
