@@ -14,7 +14,9 @@ wall time and peak resident memory (kernel rusage of that process) of:
                        per file); the join is redone unless fetch_results.py finds that
                        nothing it is built from changed
 
-The raw copy fetch_results.py keeps must equal curl's file byte for byte. Targets: peak
+Before each curl and download-only run the earlier files are deleted and the disk is
+settled (sync), so one run's leftover disk work is not charged to the next. The raw copy
+fetch_results.py keeps must equal curl's file byte for byte. Targets: peak
 memory under 100 MB, the download at least half as fast as curl (wall at most 2x curl's).
 
     python3 benchmarks/bench_download.py                    # 1,000,000 lines
@@ -64,7 +66,7 @@ def main() -> int:
     parser = common.parser_for(__doc__)
     parser.add_argument("--requests", "--lines", type=int, default=1_000_000,
                         help="requests, so output lines (default 1,000,000)")
-    common.add_repeat_arg(parser)
+    common.add_repeat_arg(parser, default=5)
     common.add_common_args(parser)
     args = parser.parse_args()
     common.need_curl()
@@ -100,6 +102,7 @@ def main() -> int:
 
             def curl() -> common.Measurement:
                 common.remove(curl_file)
+                common.settle()
                 m = common.measure(["curl", "-sS", "-H", f"@{header}", "-o", curl_file,
                                     content_url])
                 checks.append(("curl", m.exit_code == 0 and common.sha256_of(curl_file)
@@ -108,6 +111,7 @@ def main() -> int:
 
             def download_only() -> common.Measurement:
                 common.remove(only)
+                common.settle()
                 m = common.measure([sys.executable, "-c", DOWNLOAD_ONLY.format(
                     scripts=common.SCRIPTS, file_id=out_id, path=only)], env=env)
                 checks.append(("only", m.exit_code == 0 and m.json().get("lines") == n

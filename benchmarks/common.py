@@ -354,6 +354,13 @@ def alternate(commands: dict[str, Callable[[], Measurement]], repeat: int
     return runs
 
 
+def settle() -> None:
+    """Let the disk finish what earlier runs left it (writing back their files, discarding
+    deleted ones) so that work is not charged to whichever command runs next."""
+    if hasattr(os, "sync"):
+        os.sync()
+
+
 def timed(fn: Callable, *args, repeat: int = 1) -> tuple[float, object]:
     """Best wall time of fn(*args) in this process over `repeat` runs, and its result."""
     best, result = float("inf"), None

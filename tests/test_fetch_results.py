@@ -574,13 +574,68 @@ def test_line_blocks_keep_torn_tail_and_stop_at_max_lines():
     lines = [b'{"n": %d, "pad": "%s"}\n' % (i, b"x" * (i * 997 % 70000)) for i in range(60)]
     data = b"".join(lines) + b'{"torn'
     stream = _line_stream(data)
-    blocks = list(iter_line_blocks(stream))
+    blocks = [(b"".join(pieces), n) for pieces, n in iter_line_blocks(stream)]
+    assert all(block.endswith(b"\n") and block.count(b"\n") == n for block, n in blocks)
     assert b"".join(b for b, _ in blocks) == b"".join(lines)
     assert sum(n for _, n in blocks) == 60 and stream.partial == b'{"torn' and stream.finished
     stream = _line_stream(data)
-    blocks = list(iter_line_blocks(stream, max_lines=37))
+    blocks = [(b"".join(pieces), n) for pieces, n in iter_line_blocks(stream, max_lines=37)]
     assert b"".join(b for b, _ in blocks) == b"".join(lines[:37])
     assert sum(n for _, n in blocks) == 37 == stream.lines_read
+
+
+class _RecordingStore:
+    """A StateStore that checks, at every save, that the counts it is given are on disk."""
+
+    def __init__(self, path: Path, fail_after: int | None = None) -> None:
+        self.path = path
+        self.saved: list[tuple[int, int]] = []
+        self.fail_after = fail_after
+
+    def load(self) -> dict:
+        return {}
+
+    def save(self, state: dict) -> None:
+        if self.fail_after is not None and len(self.saved) >= self.fail_after:
+            raise OSError("disk full while saving the job file")
+        lines, nbytes = state["output_lines"], state["output_bytes"]
+        on_disk = self.path.read_bytes()
+        assert len(on_disk) >= nbytes and on_disk[:nbytes].count(b"\n") == lines
+        self.saved.append((lines, nbytes))
+
+
+def _many_lines(count: int) -> list[bytes]:
+    return [b'{"custom_id": "r-%d", "pad": "%s"}\n' % (i, b"y" * (i * 31 % 900))
+            for i in range(count)]
+
+
+def test_long_download_stores_counts_as_it_goes_never_ahead_of_the_disk(tmp_path, monkeypatch):
+    from dwbatch import download
+    monkeypatch.setattr(download, "CHECKPOINT_LINES", 500)
+    lines = _many_lines(6000)
+    path = tmp_path / "out.jsonl"
+    store = _RecordingStore(path)
+    counts = download._Counts({}, "output", store)
+    got, nbytes, interrupted = download._append(_line_stream(b"".join(lines) + b'{"to'),
+                                                str(path), 0, 0, 6000, counts)
+    assert (got, nbytes, interrupted) == (6000, len(b"".join(lines)), False)
+    assert path.read_bytes() == b"".join(lines)
+    assert store.saved[-1] == (6000, nbytes)
+    assert len(store.saved) >= 2  # at least one checkpoint before the end
+    assert store.saved == sorted(store.saved)
+
+
+def test_a_checkpoint_that_cannot_be_saved_stops_the_download_with_its_error(
+        tmp_path, monkeypatch):
+    from dwbatch import download
+    monkeypatch.setattr(download, "CHECKPOINT_LINES", 500)
+    lines = _many_lines(6000)
+    path = tmp_path / "out.jsonl"
+    store = _RecordingStore(path, fail_after=0)
+    counts = download._Counts({}, "output", store)
+    with pytest.raises(OSError, match="disk full"):
+        download._append(_line_stream(b"".join(lines)), str(path), 0, 0, 6000, counts)
+    assert store.saved == []
 
 
 def test_one_download_at_a_time_per_raw_folder(tmp_path):

@@ -715,36 +715,39 @@ def client_from_args(args, *, on_retry: Callable[[str], None] | None = default_r
 
 
 def iter_line_blocks(stream: LineStream, max_lines: int | None = None
-                     ) -> Iterator[tuple[bytes, int]]:
-    """A LineStream's complete lines in blocks: (bytes ending in b"\\n", number of lines).
+                     ) -> Iterator[tuple[list, int]]:
+    """A LineStream's complete lines in blocks: (pieces, number of lines).
 
-    For copying large downloads to disk without per-line work; the same guarantees as
-    iterating the stream line by line: a torn tail is never handed out (it is left in
-    `stream.partial`), and a break raises StreamInterrupted after every complete line before
-    it was handed out. max_lines: stop after that many lines (the rest is not read).
+    `pieces` is a list of bytes-like objects to write one after the other; together they end
+    with b"\\n". They are views of the bytes as they were read, not copies: a download of
+    hundreds of megabytes spends its time on the network and the disk, not on copying
+    memory. The same guarantees as iterating the stream line by line: a torn tail is never
+    handed out (it is left in `stream.partial`), and a break raises StreamInterrupted after
+    every complete line before it was handed out. max_lines: stop after that many lines (the
+    rest is not read).
     """
-    parts: list[bytes] = []
+    tail: list[bytes] = []  # the start of a line that continues in the next chunk
     try:
         for chunk in _body_chunks(stream.response):
             end = chunk.rfind(b"\n") + 1
             if end == 0:
-                parts.append(chunk)
+                tail.append(chunk)
                 continue
-            block = b"".join(parts + [chunk[:end]]) if parts else chunk[:end]
-            parts = [chunk[end:]] if end < len(chunk) else []
-            n = block.count(b"\n")
+            n = chunk.count(b"\n")
             if max_lines is not None and stream.lines_read + n >= max_lines:
                 keep = max_lines - stream.lines_read
-                cut = -1
+                cut = 0
                 for _ in range(keep):
-                    cut = block.index(b"\n", cut + 1)
+                    cut = chunk.index(b"\n", cut) + 1
                 stream.lines_read += keep
                 stream.close()
                 if keep:
-                    yield block[:cut + 1], keep
+                    yield tail + [memoryview(chunk)[:cut]], keep
                 return
+            pieces = tail + [memoryview(chunk)[:end] if end < len(chunk) else chunk]
+            tail = [chunk[end:]] if end < len(chunk) else []
             stream.lines_read += n
-            yield block, n
+            yield pieces, n
     except BROKEN_CONNECTION as exc:
-        raise stream._broke_off(exc, b"".join(parts)) from None
-    stream._ended(b"".join(parts))
+        raise stream._broke_off(exc, b"".join(tail)) from None
+    stream._ended(b"".join(tail))

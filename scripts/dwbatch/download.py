@@ -7,10 +7,11 @@ a line nor save one twice. So:
   may come); header names are compared case-insensitively;
 - only complete lines (ending in "\\n") are appended to the raw copy; a torn last line is
   dropped and asked for again;
-- after every append (and every CHECKPOINT_LINES lines of a long one) the raw file is fsynced
-  and then the counts (lines and bytes) are stored; on the next run a raw file longer than the
-  stored count (a crash between the two) is cut back to it, so the extra lines are fetched
-  again instead of duplicated;
+- after every append (and during a long one, about every CHECKPOINT_LINES lines, in a thread
+  so the download does not wait for the disk) the raw file is fsynced and then the counts
+  (lines and bytes) are stored; on the next run a raw file longer than the stored count (a
+  crash between the two) is cut back to it, so the extra lines are fetched again instead of
+  duplicated;
 - servers without those headers (stock OpenAI-compatible ones) give the whole file once the
   batch has ended: it is then downloaded whole into a temporary file and renamed into place;
 - everything streams to disk: memory does not grow with the file.
@@ -24,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -244,6 +246,61 @@ def _header_int(stream, name: str) -> int | None:
         return None
 
 
+def _write(f, pieces: list) -> int:
+    """Write one block's pieces; return how many bytes that was."""
+    size = 0
+    for piece in pieces:
+        f.write(piece)
+        size += len(piece)
+    return size
+
+
+class _Checkpoints:
+    """Make the lines saved so far durable and record their counts, beside the download.
+
+    A checkpoint waits for the disk (fsync) before the counts are stored, so the counts never
+    claim lines a crash could lose. That wait runs in a thread while the download goes on (the
+    disk and the network are both slow; waiting for one then the other would add them up).
+    One checkpoint at a time: when the previous one is still running, the next is skipped.
+    """
+
+    def __init__(self, f, counts: _Counts) -> None:
+        self.f = f
+        self.counts = counts
+        self.thread: threading.Thread | None = None
+        self.failure: BaseException | None = None
+
+    def start(self, lines: int, nbytes: int) -> None:
+        if self.thread is not None and self.thread.is_alive():
+            return
+        self.wait()
+        self.f.flush()
+        self.thread = threading.Thread(target=self._save, args=(lines, nbytes), daemon=True)
+        self.thread.start()
+
+    def _save(self, lines: int, nbytes: int) -> None:
+        try:
+            os.fsync(self.f.fileno())
+            self.counts.set(lines, nbytes)
+        except BaseException as exc:  # handed to the download's thread by wait()
+            self.failure = exc
+
+    def wait(self) -> None:
+        """Let the running checkpoint finish; raise what went wrong in it."""
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+        failure, self.failure = self.failure, None
+        if failure is not None:
+            raise failure
+
+    def final(self, lines: int, nbytes: int) -> None:
+        self.wait()
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.counts.set(lines, nbytes)
+
+
 def _append(stream, path: str, skip: int, nbytes: int, limit: int, counts: _Counts
             ) -> tuple[int, int, bool]:
     """Append up to `limit` complete lines of `stream` to `path`, saving counts as it goes.
@@ -254,23 +311,19 @@ def _append(stream, path: str, skip: int, nbytes: int, limit: int, counts: _Coun
     checkpoint = CHECKPOINT_LINES
     interrupted = False
     with open(path, "ab") as f:
+        checkpoints = _Checkpoints(f, counts)
         try:
             if limit > 0:
-                for block, n in api_client.iter_line_blocks(stream, max_lines=limit):
-                    f.write(block)
+                for pieces, n in api_client.iter_line_blocks(stream, max_lines=limit):
+                    nbytes += _write(f, pieces)
                     got += n
-                    nbytes += len(block)
                     if got >= checkpoint:
-                        f.flush()
-                        os.fsync(f.fileno())
-                        counts.set(skip + got, nbytes)
+                        checkpoints.start(skip + got, nbytes)
                         checkpoint = got + CHECKPOINT_LINES
         except api_client.StreamInterrupted:
             interrupted = True
         finally:
-            f.flush()
-            os.fsync(f.fileno())
-            counts.set(skip + got, nbytes)
+            checkpoints.final(skip + got, nbytes)
     return got, nbytes, interrupted
 
 
@@ -398,10 +451,9 @@ def download_whole(api, file_id: str, path: str, *, attempts: int = MAX_ATTEMPTS
             stream = first if first is not None and attempt == 0 else \
                 api.file_content(file_id)
             with stream, open(tmp, "wb") as f:
-                for block, n in api_client.iter_line_blocks(stream):
-                    f.write(block)
+                for pieces, n in api_client.iter_line_blocks(stream):
+                    nbytes += _write(f, pieces)
                     lines += n
-                    nbytes += len(block)
                 if stream.partial:
                     if not _is_json(stream.partial):
                         raise api_client.StreamInterrupted(
