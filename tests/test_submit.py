@@ -500,6 +500,26 @@ def test_dry_run_against_a_closed_port(tmp_path):
     assert code == 0 and out["key_set"] is False
 
 
+def test_thousands_of_shards_need_neither_many_descriptors_nor_memory_per_shard(tmp_path):
+    """A split keeps only the shard being written open: 400 shards under a limit of 64 open
+    files (each finished shard used to stay open, with its buffer, until the end)."""
+    import resource
+
+    src = write_batch(tmp_path / "p.jsonl", 400)
+
+    def few_descriptors():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    proc = subprocess.run([PYTHON, str(SCRIPTS / "submit.py"), str(src), "--dry-run",
+                           "--max-requests", "1", "--json"], env=script_env(),
+                          capture_output=True, text=True, timeout=120,
+                          preexec_fn=few_descriptors)
+    out = json.loads(proc.stdout)
+    assert proc.returncode == 0, out
+    assert len(out["shards"]) == 400 and all(s["requests"] == 1 for s in out["shards"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.jsonl"]
+
+
 def test_dry_run_of_a_submitted_job_shows_what_is_recorded(sandbox, tmp_path):
     src = write_batch(tmp_path / "p.jsonl", 3)
     assert submit(sandbox, str(src))[0] == 0

@@ -95,6 +95,14 @@ class _Part:
         self.hash = hashlib.sha256()
         self.stats = ShardStats(path="")
 
+    def finish(self) -> None:
+        """Flush, fsync and close the file once it is full: only the file being written is
+        open, so a split into thousands of shards holds one buffer and one descriptor."""
+        if not self.file.closed:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+
 
 class ShardWriter:
     """Streams lines into size- and count-limited files; see the module docstring.
@@ -143,6 +151,8 @@ class ShardWriter:
         part = self.parts[-1] if self.parts else None
         if part is None or part.stats.requests >= self.max_requests or \
                 part.stats.bytes + size > self.max_file_bytes:
+            if part is not None:
+                part.finish()
             part = _Part(self.directory, os.path.basename(self.out_path))
             self.parts.append(part)
         part.file.write(line)
@@ -172,9 +182,7 @@ class ShardWriter:
         renamed: list[str] = []
         try:
             for part in self.parts:
-                part.file.flush()
-                os.fsync(part.file.fileno())
-                part.file.close()
+                part.finish()
             for part, name in zip(self.parts, names, strict=True):
                 os.replace(part.tmp, name)
                 part.tmp = None
