@@ -436,6 +436,7 @@ def write_batch_files(source: Source, out_path: str, opts: BuildOptions | None =
             _pass_through(source, checker, stats, writer, max_file_bytes)
         else:
             _build_all(source, opts, checker, stats, writer, max_file_bytes)
+        checker.finish()
         _raise_if_problems(report, writer, source.name)
         shards = writer.commit()
     return WriteResult(shards, writer.removed, source.kind)
@@ -455,6 +456,7 @@ def write_requests(requests, out_path: str, *, max_file_bytes: int = limits.MAX_
                      max_requests=max_requests) as writer:
         for n, request in enumerate(requests, 1):
             _check_and_write(checker, stats, writer, request, name, n, max_file_bytes)
+        checker.finish()
         _raise_if_problems(report, writer, name)
         shards = writer.commit()
     return WriteResult(shards, writer.removed, "batch")

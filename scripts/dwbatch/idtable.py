@@ -1,14 +1,23 @@
-"""A set of custom_ids that remembers where each was first seen, in little memory.
+"""Sets of custom_ids that remember where each was first seen, in little memory.
 
 Finding duplicate ids across a job means remembering every id. A dict of str keys costs about
-120 bytes an id (1,000,000 ids: ~120 MB); this table keeps the ids' bytes end to end in one
+120 bytes an id (1,000,000 ids: ~120 MB); IdTable keeps the ids' bytes end to end in one
 buffer and the rest in flat integer arrays (about 30 bytes plus the id's length), and it is
 exact: a match is confirmed on the id's bytes, not just on its hash.
+
+Even that grows with the job, so IdSet keeps an IdTable only up to a memory budget; past it,
+every id goes to temporary files split by hash, and finish() reads them back one part at a
+time. Memory then stays flat whatever the number of requests.
 """
 
 from __future__ import annotations
 
+import heapq
+import os
+import struct
+import tempfile
 from array import array
+from collections.abc import Iterator
 
 MAX_LOAD = 0.7  # grow (double) past this share of used slots
 
@@ -63,3 +72,103 @@ class IdTable:
                 i = (i + 1) & mask
             slots[i] = index + 1
         self._slots, self._mask = slots, mask
+
+    def nbytes(self) -> int:
+        """About how much memory the table holds."""
+        return (len(self._arena) + 4 * (self._mask + 1)
+                + 8 * (len(self._ends) + len(self._hashes) + len(self._where)))
+
+    def items(self) -> Iterator[tuple[bytes, int]]:
+        """(id, where) in the order they were added."""
+        start = 0
+        for end, where in zip(self._ends, self._where, strict=True):
+            yield bytes(self._arena[start:end]), where
+            start = end
+
+
+MEMORY_BUDGET = 32 << 20  # bytes of ids held in memory before they go to temporary files
+PARTS = 32  # temporary files; finish() holds one of them in memory at a time
+_RECORD = struct.Struct("<QI")  # where, length of the id; then the id's bytes
+
+
+class IdSet:
+    """Every id of a job, exact, in flat memory.
+
+    add() answers at once while the ids fit the memory budget (the common case). Past it,
+    the ids seen so far and every later one are written to PARTS temporary files (by hash,
+    each in the order added), and the repeats among them are found by finish(): the caller
+    must call it after the last add(). Temporary files go to the system's temporary folder
+    (TMPDIR) and are removed by finish() or when the set is garbage-collected.
+    """
+
+    def __init__(self, memory_budget: int | None = None, parts: int | None = None) -> None:
+        self.memory_budget = MEMORY_BUDGET if memory_budget is None else memory_budget
+        self.parts = PARTS if parts is None else parts
+        self._table: IdTable | None = IdTable()
+        self._dir: tempfile.TemporaryDirectory | None = None
+        self._files: list = []
+        self._until_check = 1
+
+    @property
+    def spilled(self) -> bool:
+        return self._table is None
+
+    def add(self, key: bytes, where: int) -> int | None:
+        """Remember `key` with `where`; if it was seen before, return its first `where`
+        (once spilled, always None: the repeat is reported by finish())."""
+        if self._table is not None:
+            first = self._table.add(key, where)
+            self._until_check -= 1
+            if not self._until_check:  # measuring the table every time would cost more
+                self._until_check = 1024
+                if self._table.nbytes() > self.memory_budget:
+                    self._spill()
+            return first
+        self._files[(hash(key) >> 32) % self.parts].write(_RECORD.pack(where, len(key)) + key)
+        return None
+
+    def _spill(self) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="dwbatch-ids-")
+        self._files = [open(os.path.join(self._dir.name, f"{i:03d}.ids"), "wb",
+                            buffering=1 << 16) for i in range(self.parts)]
+        table, self._table = self._table, None
+        for key, where in table.items():
+            self.add(key, where)
+
+    def finish(self, keep: int) -> tuple[list[tuple[int, int, bytes]], int]:
+        """The repeats not yet reported: (first where, repeat's where, id) for the `keep`
+        smallest repeat `where`s, in order, and how many repeats there are in all."""
+        if self._table is not None:
+            return [], 0
+        found: list[tuple[int, int, bytes]] = []  # a heap of the smallest, negated
+        count = 0
+        try:
+            for f in self._files:
+                f.close()
+            for f in self._files:
+                table = IdTable()
+                for key, where in _records(f.name):
+                    first = table.add(key, where)
+                    if first is None:
+                        continue
+                    count += 1
+                    item = (-where, first, key)
+                    if len(found) < keep:
+                        heapq.heappush(found, item)
+                    elif keep and item > found[0]:
+                        heapq.heapreplace(found, item)
+        finally:
+            self._dir.cleanup()
+        found.sort(reverse=True)
+        return [(first, -neg, key) for neg, first, key in found], count
+
+
+def _records(path: str) -> Iterator[tuple[bytes, int]]:
+    size = _RECORD.size
+    with open(path, "rb", buffering=1 << 16) as f:
+        while True:
+            head = f.read(size)
+            if not head:
+                return
+            where, length = _RECORD.unpack(head)
+            yield f.read(length), where

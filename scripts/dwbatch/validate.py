@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from . import limits, tokens
-from .idtable import IdTable
+from .idtable import IdSet
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "references" / "batch_request.schema.json"
 
@@ -352,18 +352,24 @@ def id_from_text(text: str) -> str | None:
 
 
 # --- the line checker ----------------------------------------------------------------------
+_LINE_BITS = (1 << 40) - 1  # an id's place: file index << 40 | line
+
+
 class Checker:
     """Checks lines one at a time and collects problems into a Report.
 
     It remembers every custom_id it has seen (in any file) so duplicates are found across
     files, and each FileStats' url so mixed urls are found within a file. Used by check_files,
-    and by the builder for the lines it makes (with file/line naming the input)."""
+    and by the builder for the lines it makes (with file/line naming the input). Call
+    finish() after the last line: repeats in a job too big to keep its ids in memory are
+    only found then."""
 
     def __init__(self, report: Report | None = None, *, track_ids: bool = True) -> None:
         self.report = report if report is not None else Report()
         self.track_ids = track_ids  # False only for ids unique by construction
-        self._seen = IdTable()  # custom_id -> file index << 40 | line of its first use
+        self._seen = IdSet()  # custom_id -> file index << 40 | line of its first use
         self._sources: list[str] = []
+        self._finished = False
 
     def begin_file(self, path: str) -> FileStats:
         stats = FileStats(path=path)
@@ -452,15 +458,30 @@ class Checker:
         first = self._seen.add(cid.encode("utf-8", "surrogatepass"),
                                (len(self._sources) - 1) << 40 | lineno)
         if first is not None:
-            first_source, first_line = self._sources[first >> 40], first & ((1 << 40) - 1)
-            where = f"line {first_line}" + ("" if first_source == source else
-                                             f" of {first_source}")
-            self.report.add(Problem(
-                source, lineno, cid,
-                f"duplicate custom_id: also used on {where}; ids must be unique across all "
-                "files of a job, because results are joined back by id"))
+            self.report.add(self._duplicate(source, lineno, cid, first))
             ok = False
         return ok
+
+    def _duplicate(self, source: str, lineno: int, cid: str, first: int) -> Problem:
+        first_source, first_line = self._sources[first >> 40], first & _LINE_BITS
+        where = f"line {first_line}" + ("" if first_source == source else f" of {first_source}")
+        return Problem(source, lineno, cid,
+                       f"duplicate custom_id: also used on {where}; ids must be unique across "
+                       "all files of a job, because results are joined back by id")
+
+    def finish(self) -> Report:
+        """Call after the last line: a job with more ids than fit in memory has its repeated
+        ids found here, in one pass over temporary files (see idtable.IdSet)."""
+        if self._finished:
+            return self.report
+        self._finished = True
+        room = max(0, self.report.max_problems - len(self.report.problems))
+        repeats, count = self._seen.finish(room)
+        for first, where, key in repeats:
+            self.report.add(self._duplicate(self._sources[where >> 40], where & _LINE_BITS,
+                                            key.decode("utf-8", "surrogatepass"), first))
+        self.report.problem_count += count - len(repeats)
+        return self.report
 
     def _url_ok(self, stats: FileStats, source: str, lineno: int, cid: str | None,
                 url: str) -> bool:
@@ -519,7 +540,7 @@ def check_files(paths: Iterable[str | os.PathLike], *,
     checker = Checker(report)
     for path in paths:
         _check_one_file(checker, os.fspath(path), max_file_bytes, max_requests, split_oversize)
-    return report
+    return checker.finish()
 
 
 def _check_one_file(checker: Checker, path: str, max_file_bytes: int | None,
