@@ -38,6 +38,13 @@ import requests
 STEPS = ("create_batch_file.py", "submit.py", "poll.py --wait", "fetch_results.py",
          "fetch_results.py again")
 UPLOAD_TARGET_MB = 100.0
+PROBED_STEP = {"create_batch_file.py": "create_batch_file.py",  # probe -> step of the job
+               "submit.py --dry-run (validation)": "submit.py",
+               "fetch_results.py --offline (join)": "fetch_results.py"}
+WHY_IT_STOPS = {"submit.py": "its duplicate-id check keeps up to 32 MB of custom_ids in "
+                             "memory, then goes on in temporary files",
+                "fetch_results.py": "the join's sqlite index keeps a 16 MiB cache; the rest "
+                                    "stays on disk"}
 
 
 class DirWatcher:
@@ -273,6 +280,16 @@ def main() -> int:
                             "results)")
         report.data["probe"] = {n: {k: [m.wall, m.peak_mb] for k, m in v.items()}
                                 for n, v in at.items()}
+        stopped = [PROBED_STEP[name] for name in at[n2]
+                   if (at[n3][name].peak_mb - at[n2][name].peak_mb) * per_m3 < 1.0
+                   and (big["steps"][PROBED_STEP[name]]["peak_mb"]
+                        - small["steps"][PROBED_STEP[name]]["peak_mb"]) * per_m >= 1.0]
+        for step in stopped:
+            why = WHY_IT_STOPS.get(step)
+            growth.notes.append(
+                f"{step} stops growing past {n2:,}: its peak did not grow from {n2:,} to "
+                f"{n3:,} (next table), so its crossings extrapolated here do not happen"
+                + (f" ({why})" if why else ""))
         limits_table(report, n2, n3, at, big)
     report.data.update(runs=runs)
     return common.finish(report, args)

@@ -69,7 +69,7 @@ def main() -> int:
     parser.add_argument("--line-bytes", type=int, default=5000,
                         help="bytes per request line (default 5000: 200 MB stays under "
                              "submit.py's 50,000-request limit, so one shard)")
-    common.add_repeat_arg(parser)
+    common.add_repeat_arg(parser, default=5)
     common.add_common_args(parser)
     args = parser.parse_args()
     common.need_curl()
@@ -92,7 +92,7 @@ def main() -> int:
                      "-F", f"file=@{path};type=application/jsonl", f"{sandbox.base_url}/files"]),
                 "client": lambda: common.measure(
                     [sys.executable, "-c", UPLOAD.format(scripts=common.SCRIPTS, path=path)],
-                    env=env)}, args.repeat)
+                    env=env)}, args.repeat, before=common.settle)
             for label, key in (("curl -F (baseline)", "curl"),
                                ("client upload (dwbatch.client)", "client")):
                 ok = all(m.exit_code == 0 and m.json().get("bytes") == size for m in runs[key])

@@ -343,13 +343,16 @@ def combined(runs: list[Measurement]) -> Measurement:
                        runs[-1].stdout)
 
 
-def alternate(commands: dict[str, Callable[[], Measurement]], repeat: int
-              ) -> dict[str, list[Measurement]]:
+def alternate(commands: dict[str, Callable[[], Measurement]], repeat: int,
+              before: Callable[[], None] | None = None) -> dict[str, list[Measurement]]:
     """Run each contender `repeat` times, taking turns (a, b, a, b, ...), so a burst of load
-    from other processes hits both rather than one."""
+    from other processes hits both rather than one. `before` runs ahead of every run,
+    unmeasured (e.g. settle)."""
     runs: dict[str, list[Measurement]] = {name: [] for name in commands}
     for _ in range(max(1, repeat)):
         for name, run in commands.items():
+            if before is not None:
+                before()
             runs[name].append(run())
     return runs
 
