@@ -436,6 +436,32 @@ def test_sigint_during_download_then_rerun(sb, tmp_path):
     assert_job_intact(sb, [job])
 
 
+def test_sigkill_during_download_then_rerun(sb, tmp_path):
+    """fetch_results.py killed with SIGKILL (no cleanup at all) while it holds half of an
+    answer: the lines it appended but had not recorded yet are cut off on the re-run and
+    fetched again, so none is kept twice and none is lost."""
+    job = submitted(sb, tmp_path, n=200, pad=200, fail_every=0)
+    job.advance()
+    out_id = job.file_id(0, "output")
+    size = len(sb.get(f"/files/{out_id}/content").content)
+    sb.fault(method="GET", path=f"/v1/files/{out_id}/content", kind="stall",
+             after_bytes=size // 2, seconds=60)
+    proc = job.start("fetch_results.py", job.job_path.name)
+    raw = job.raw_dir / f"{job.batch_ids()[0]}.output.jsonl"
+    wait_for(lambda: raw.exists() and raw.stat().st_size > 0, what="half the output on disk")
+    proc.kill()
+    proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert 0 < raw.stat().st_size <= size // 2
+    assert not (job.data()["shards"][0].get("downloaded") or {}).get("output_lines")
+    mark = len(sb.calls())
+    code, out = job.fetch()
+    assert code == 0, out
+    again = [c for c in sb.calls()[mark:] if c["path"] == f"/v1/files/{out_id}/content"]
+    assert [c["query"] for c in again] == ["skip=0"], "unrecorded lines are fetched again"
+    assert_job_intact(sb, [job])
+
+
 def test_two_fetches_on_one_job_at_once(sb, tmp_path):
     """A second fetch_results.py starts while the first is downloading: it waits for the
     first (a lock on the raw folder) and then finds nothing new; neither duplicates a line."""

@@ -643,6 +643,11 @@ def test_drop_tear_delay_faults_on_content(manual):
     start = time.monotonic()
     assert raw_get(sb, path)[2] == full
     assert time.monotonic() - start >= 0.4
+    sb.fault(method="GET", path="/v1/files/*/content", kind="stall", after_bytes=50,
+             seconds=0.4)
+    start = time.monotonic()
+    assert raw_get(sb, path)[2] == full
+    assert time.monotonic() - start >= 0.4
     assert raw_get(sb, path)[2] == full, "faults hit only `times` calls"
 
 

@@ -180,6 +180,8 @@ class SandboxHandler(BaseHTTPRequestHandler):
         stream = response.stream
         length = len(response.body) if stream is None else response.length
         cut = _cut_point(response, length, fault)
+        pause = (fault["after_bytes"], fault["seconds"]) \
+            if fault is not None and fault["kind"] == "stall" else None
         try:
             self.send_response(response.status)
             if response.content_type and response.status != 204:
@@ -199,6 +201,8 @@ class SandboxHandler(BaseHTTPRequestHandler):
             if response.status == 204 or self.command == "HEAD":
                 return
             pieces = [response.body] if stream is None else stream
+            if pause is not None:
+                pieces = self._pausing(pieces, chunked, *pause)
             self._write_body(pieces, chunked, cut)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
@@ -226,6 +230,20 @@ class SandboxHandler(BaseHTTPRequestHandler):
         self._flush(pending, chunked)
         if chunked:
             self.wfile.write(b"0\r\n\r\n")
+
+    def _pausing(self, pieces, chunked: bool, after_bytes: int, seconds: float):
+        """The body's pieces; after the first `after_bytes` bytes (sent at once), a pause."""
+        sent = 0
+        pieces = iter(pieces)
+        for piece in pieces:
+            if sent + len(piece) >= after_bytes:
+                self._flush([piece[:after_bytes - sent]], chunked)
+                time.sleep(seconds)
+                yield piece[after_bytes - sent:]
+                break
+            self._flush([piece], chunked)
+            sent += len(piece)
+        yield from pieces
 
     def _flush(self, pending: list[bytes], chunked: bool) -> None:
         data = b"".join(pending)

@@ -11,6 +11,9 @@ query, and hits the next `times` matching calls; faults are consumed first-in fi
   tear           content responses: send everything except the second half of the last line,
                  then close (other responses: the second half of the body).
   delay          `seconds` (default 1); sleep, then answer normally.
+  stall          `after_bytes` (default 0), `seconds` (default 1); process normally, send the
+                 headers and the first after_bytes bytes of the body, wait, then send the rest
+                 (a client can be killed while it holds half an answer).
   lose_response  process fully (e.g. the batch IS created), then close without answering.
   reset_upload   `after_bytes` (default 0); read that much of the request body, then close;
                  nothing is processed.
@@ -22,7 +25,7 @@ import fnmatch
 import itertools
 import threading
 
-KINDS = ("status", "drop", "tear", "delay", "lose_response", "reset_upload")
+KINDS = ("status", "drop", "tear", "delay", "stall", "lose_response", "reset_upload")
 MAX_CALLS = 50_000  # oldest calls are forgotten past this
 
 
@@ -62,6 +65,9 @@ def normalise(spec: dict) -> dict:
     elif kind in ("drop", "reset_upload"):
         out["after_bytes"] = _number(spec, "after_bytes", 0)
     elif kind == "delay":
+        out["seconds"] = _number(spec, "seconds", 1.0, float)
+    elif kind == "stall":
+        out["after_bytes"] = _number(spec, "after_bytes", 0)
         out["seconds"] = _number(spec, "seconds", 1.0, float)
     return out
 
