@@ -303,6 +303,31 @@ def test_error_after_several_shards_leaves_nothing(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["d.csv"]
 
 
+def test_a_full_disk_is_exit_2_with_what_to_do_and_leaves_nothing(tmp_path):
+    """Writing the batch files fails half way (a file-size limit stands in for a full disk):
+    not an internal error but exit 2 that says to free space; no partial file is left."""
+    import resource
+    import signal
+    import subprocess
+
+    from conftest import PYTHON, SCRIPTS, script_env
+
+    (tmp_path / "p.txt").write_text("".join(f"prompt number {i}\n" for i in range(3000)))
+
+    def small_disk():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
+
+    proc = subprocess.run([PYTHON, str(SCRIPTS / SCRIPT), "p.txt", "-o", "o.jsonl", "--model",
+                           "m", "--json"], cwd=tmp_path, env=script_env(), capture_output=True,
+                          text=True, timeout=60, preexec_fn=small_disk)
+    env = json.loads(proc.stdout)
+    assert proc.returncode == 2 and env["exit_code"] == 2, env
+    assert env["error"]["code"] == "local_file_error" and env["errno"] == "EFBIG"
+    assert "free disk space" in env["error"]["hint"]
+    assert sorted(os.listdir(tmp_path)) == ["p.txt"]
+
+
 # --- --check ------------------------------------------------------------------------------
 def test_check_reports_every_problem_and_caps_the_list(tmp_path):
     bad = [batch_line(f"id{i}", stream=True) for i in range(8)]

@@ -462,6 +462,37 @@ def test_sigkill_during_download_then_rerun(sb, tmp_path):
     assert_job_intact(sb, [job])
 
 
+def test_disk_full_in_the_middle_of_a_download_then_rerun(sb, tmp_path):
+    """The disk fills up while fetch_results.py writes the raw copy (a file-size limit stands
+    in for a full disk): exit 2 naming the problem and what to do, not an internal error;
+    nothing half-written is recorded, and once there is room the same command finishes."""
+    import resource
+
+    job = submitted(sb, tmp_path, n=200, pad=200, fail_every=0)
+    job.advance()
+    out_id = job.file_id(0, "output")
+    size = len(sb.get(f"/files/{out_id}/content").content)
+
+    def small_disk():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failing write, not a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size // 3, size // 3))
+
+    proc = subprocess.run([PYTHON, str(SCRIPTS / "fetch_results.py"), job.job_path.name,
+                           "--json"], env=job.env(), cwd=job.folder, capture_output=True,
+                          text=True, timeout=60, preexec_fn=small_disk)
+    out = json.loads(proc.stdout)
+    assert proc.returncode == 2, out
+    assert out["error"]["code"] == "local_file_error" and "too large" in out["error"]["message"]
+    assert "free disk space" in out["error"]["hint"] and "Traceback" not in proc.stderr
+    assert not (job.data()["shards"][0].get("downloaded") or {}).get("output_lines")
+    mark = len(sb.calls())
+    code, out = job.fetch()
+    assert code == 0, out
+    again = [c for c in sb.calls()[mark:] if c["path"] == f"/v1/files/{out_id}/content"]
+    assert [c["query"] for c in again] == ["skip=0"]
+    assert_job_intact(sb, [job])
+
+
 def test_two_fetches_on_one_job_at_once(sb, tmp_path):
     """A second fetch_results.py starts while the first is downloading: it waits for the
     first (a lock on the raw folder) and then finds nothing new; neither duplicates a line."""

@@ -150,16 +150,13 @@ def run(main: Callable[[argparse.Namespace], Result], parser: argparse.ArgumentP
                              code="interrupted", exit_code=errors.INTERRUPTED,
                              hint="re-run the same command to resume")
         return _report_error(args, exc)
+    except OSError as exc:
+        local = errors.local_file_error(exc)
+        if local is None:
+            return _internal_error(args, exc)
+        return _report_error(args, local)
     except Exception as exc:  # noqa: BLE001 - the last line of defence
-        where = traceback.extract_tb(exc.__traceback__)[-1]
-        message = (f"internal error: {type(exc).__name__}: {exc} "
-                   f"(at {os.path.basename(where.filename)}:{where.lineno})")
-        if os.environ.get("DWBATCH_DEBUG"):
-            sys.stderr.write(redact(traceback.format_exc()))
-        err = errors.DWError(message, code="internal_error", exit_code=errors.INTERNAL,
-                             hint="this is a bug: report it with the command you ran "
-                                  "(set DWBATCH_DEBUG=1 for a traceback)")
-        return _report_error(args, err)
+        return _internal_error(args, exc)
     ok = result.exit_code == errors.OK
     json_mode = getattr(args, "json", False)
     next_cmd = next_for_mode(result.next, json_mode)
@@ -181,6 +178,18 @@ def _usage_message(stderr_text: str) -> str:
         if sep and said.strip():
             return redact(said.strip())
     return "invalid command-line usage (see stderr)"
+
+
+def _internal_error(args: argparse.Namespace, exc: BaseException) -> int:
+    where = traceback.extract_tb(exc.__traceback__)[-1]
+    message = (f"internal error: {type(exc).__name__}: {exc} "
+               f"(at {os.path.basename(where.filename)}:{where.lineno})")
+    if os.environ.get("DWBATCH_DEBUG"):
+        sys.stderr.write(redact(traceback.format_exc()))
+    err = errors.DWError(message, code="internal_error", exit_code=errors.INTERNAL,
+                         hint="this is a bug: report it with the command you ran "
+                              "(set DWBATCH_DEBUG=1 for a traceback)")
+    return _report_error(args, err)
 
 
 def _report_error(args: argparse.Namespace, exc: errors.DWError) -> int:

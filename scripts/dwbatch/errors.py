@@ -6,6 +6,8 @@ every script.
 
 from __future__ import annotations
 
+import errno
+
 OK = 0
 INTERNAL = 1
 INVALID_INPUT = 2
@@ -73,3 +75,28 @@ class InputError(DWError):
     def __init__(self, message: str, *, hint: str | None = None, code: str = "invalid_input",
                  **kwargs) -> None:
         super().__init__(message, code=code, exit_code=INVALID_INPUT, hint=hint, **kwargs)
+
+
+_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", -1), errno.EFBIG}
+_ACCESS = {errno.EACCES, errno.EPERM, errno.EROFS}
+_DESCRIPTORS = {errno.EMFILE, errno.ENFILE}
+
+
+def local_file_error(exc: OSError) -> DWError | None:
+    """A full disk, a read-only folder, too many open files: the machine's trouble, not a bug
+    of the tool, so it gets exit 2 and what to fix (None for any other OSError). Files are
+    written whole or not at all, so what was saved before the failure is still there."""
+    if exc.errno in _SPACE:
+        hint = ("free disk space (a job folder needs about 1 KB per request; temporary files "
+                "go to TMPDIR), then re-run the same command: what was saved is kept")
+    elif exc.errno in _ACCESS:
+        hint = ("make the folder writable, or run the command from a folder you can write "
+                "to, then re-run it: what was saved is kept")
+    elif exc.errno in _DESCRIPTORS:
+        hint = "raise the open-file limit (ulimit -n), then re-run the same command"
+    else:
+        return None
+    where = f": {exc.filename}" if exc.filename else ""
+    return DWError(f"local file problem: {exc.strerror or exc}{where}",
+                   code="local_file_error", exit_code=INVALID_INPUT, hint=hint,
+                   extra={"errno": errno.errorcode.get(exc.errno, exc.errno)})
