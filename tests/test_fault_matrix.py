@@ -462,6 +462,43 @@ def test_sigkill_during_download_then_rerun(sb, tmp_path):
     assert_job_intact(sb, [job])
 
 
+def test_sigkill_after_a_checkpoint_of_a_long_download_then_rerun(sb, tmp_path):
+    """A download long enough to record its progress on the way (every CHECKPOINT_LINES
+    lines, fsync first) is killed after such a checkpoint: the re-run keeps the recorded
+    lines, cuts off the rest and continues after them with ?skip=."""
+    from dwbatch.download import CHECKPOINT_LINES
+
+    n = CHECKPOINT_LINES + 8_000
+    job = submitted(sb, tmp_path, "--max-requests", str(n), n=n, fail_every=0)
+    job.advance()
+    out_id = job.file_id(0, "output")
+    served = sb.get(f"/files/{out_id}/content").content
+    stall_at = sum(len(x) + 1 for x in served.split(b"\n")[:CHECKPOINT_LINES + 5_000])
+    sb.fault(method="GET", path=f"/v1/files/{out_id}/content", kind="stall",
+             after_bytes=stall_at, seconds=60)
+    proc = job.start("fetch_results.py", job.job_path.name)
+
+    def recorded() -> int:
+        try:
+            return (job.data()["shards"][0].get("downloaded") or {}).get("output_lines") or 0
+        except ValueError:  # the job file is being replaced this instant
+            return 0
+
+    lines = wait_for(recorded, timeout=60, what="a checkpoint in the job file")
+    raw = job.raw_dir / f"{job.batch_ids()[0]}.output.jsonl"
+    # (up to one buffer of 8 KiB may still be inside the process when it is killed)
+    wait_for(lambda: raw.stat().st_size >= stall_at - 8192, what="the download at the stall")
+    proc.kill()
+    proc.communicate(timeout=30)
+    assert CHECKPOINT_LINES <= lines < raw.read_bytes().count(b"\n") <= CHECKPOINT_LINES + 5_000
+    mark = len(sb.calls())
+    code, out = job.fetch()
+    assert code == 0, out
+    again = [c for c in sb.calls()[mark:] if c["path"] == f"/v1/files/{out_id}/content"]
+    assert [c["query"] for c in again] == [f"skip={lines}"]
+    assert_job_intact(sb, [job])
+
+
 def test_disk_full_in_the_middle_of_a_download_then_rerun(sb, tmp_path):
     """The disk fills up while fetch_results.py writes the raw copy (a file-size limit stands
     in for a full disk): exit 2 naming the problem and what to do, not an internal error;
