@@ -100,3 +100,17 @@ def test_checker_reports_repeats_found_after_the_spill_like_any_other(tmp_path, 
     assert f"also used on line 6 of {first}" in messages[0][3]
     assert messages[1][:3] == (str(second), 2002, "s7") and "also used on line 8;" in \
         messages[1][3]
+
+
+def test_id_set_splits_a_part_too_big_for_its_memory_again():
+    """Parts bigger than the budget allows are split by another hash before they are read:
+    the repeats are the same, found with less held at once."""
+    rng = random.Random(3)
+    keys = [f"id-{rng.randrange(20_000)}".encode() for _ in range(30_000)]
+    ids = IdSet(memory_budget=0, parts=2)  # every part is "too big": split down to MAX_DEPTH
+    for where, key in enumerate(keys):
+        assert ids.add(key, where) is None
+    folder = ids._dir.name
+    repeats, count = ids.finish(keep=10**9)
+    assert repeats == _every_repeat(keys) and count == len(repeats)
+    assert not os.path.exists(folder)

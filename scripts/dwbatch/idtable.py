@@ -7,7 +7,8 @@ exact: a match is confirmed on the id's bytes, not just on its hash.
 
 Even that grows with the job, so IdSet keeps an IdTable only up to a memory budget; past it,
 every id goes to temporary files split by hash, and finish() reads them back one part at a
-time. Memory then stays flat whatever the number of requests.
+time (a part too big for the budget is split again). Memory then stays flat whatever the
+number of requests.
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ class IdTable:
 MEMORY_BUDGET = 32 << 20  # bytes of ids held in memory before they go to temporary files
 PARTS = 32  # temporary files; finish() holds one of them in memory at a time
 _RECORD = struct.Struct("<QI")  # where, length of the id; then the id's bytes
+PART_MEMORY_RATIO = 3  # an IdTable takes up to about 3x the bytes of its records on disk
+MAX_DEPTH = 4  # parts split at most this deep (32**4 parts: far beyond any job)
 
 
 class IdSet:
@@ -140,27 +143,49 @@ class IdSet:
         smallest repeat `where`s, in order, and how many repeats there are in all."""
         if self._table is not None:
             return [], 0
-        found: list[tuple[int, int, bytes]] = []  # a heap of the smallest, negated
-        count = 0
+        self._found: list[tuple[int, int, bytes]] = []  # a heap of the smallest, negated
+        self._count = 0
+        self._keep = keep
         try:
             for f in self._files:
                 f.close()
             for f in self._files:
-                table = IdTable()
-                for key, where in _records(f.name):
-                    first = table.add(key, where)
-                    if first is None:
-                        continue
-                    count += 1
-                    item = (-where, first, key)
-                    if len(found) < keep:
-                        heapq.heappush(found, item)
-                    elif keep and item > found[0]:
-                        heapq.heapreplace(found, item)
+                self._repeats_in(f.name, depth=1)
         finally:
             self._dir.cleanup()
-        found.sort(reverse=True)
-        return [(first, -neg, key) for neg, first, key in found], count
+        found = sorted(self._found, reverse=True)
+        return [(first, -neg, key) for neg, first, key in found], self._count
+
+    def _repeats_in(self, path: str, depth: int) -> None:
+        """Find the repeats in one part, then remove it. A part too big to hold in memory (a
+        very large job) is first split again by another hash, so memory stays flat at any
+        size; a part of one id repeated many times cannot be split, but holds just one id."""
+        if os.path.getsize(path) * PART_MEMORY_RATIO > self.memory_budget and depth < MAX_DEPTH:
+            subs = [open(f"{path}.{i}", "wb", buffering=1 << 16) for i in range(self.parts)]
+            try:
+                for key, where in _records(path):
+                    subs[hash((depth, key)) % self.parts].write(
+                        _RECORD.pack(where, len(key)) + key)
+            finally:
+                for sub in subs:
+                    sub.close()
+            os.unlink(path)
+            for sub in subs:
+                self._repeats_in(sub.name, depth + 1)
+            return
+        table = IdTable()
+        found = self._found
+        for key, where in _records(path):
+            first = table.add(key, where)
+            if first is None:
+                continue
+            self._count += 1
+            item = (-where, first, key)
+            if len(found) < self._keep:
+                heapq.heappush(found, item)
+            elif self._keep and item > found[0]:
+                heapq.heapreplace(found, item)
+        os.unlink(path)  # read: its disk space is free for the next part
 
 
 def _records(path: str) -> Iterator[tuple[bytes, int]]:
