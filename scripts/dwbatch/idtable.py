@@ -143,20 +143,17 @@ class IdSet:
         smallest repeat `where`s, in order, and how many repeats there are in all."""
         if self._table is not None:
             return [], 0
-        self._found: list[tuple[int, int, bytes]] = []  # a heap of the smallest, negated
-        self._count = 0
-        self._keep = keep
+        repeats = _FirstRepeats(keep)
         try:
             for f in self._files:
                 f.close()
             for f in self._files:
-                self._repeats_in(f.name, depth=1)
+                self._repeats_in(f.name, 1, repeats)
         finally:
             self._dir.cleanup()
-        found = sorted(self._found, reverse=True)
-        return [(first, -neg, key) for neg, first, key in found], self._count
+        return repeats.in_order(), repeats.count
 
-    def _repeats_in(self, path: str, depth: int) -> None:
+    def _repeats_in(self, path: str, depth: int, repeats: _FirstRepeats) -> None:
         """Find the repeats in one part, then remove it. A part too big to hold in memory (a
         very large job) is first split again by another hash, so memory stays flat at any
         size; a part of one id repeated many times cannot be split, but holds just one id."""
@@ -171,21 +168,34 @@ class IdSet:
                     sub.close()
             os.unlink(path)
             for sub in subs:
-                self._repeats_in(sub.name, depth + 1)
+                self._repeats_in(sub.name, depth + 1, repeats)
             return
         table = IdTable()
-        found = self._found
         for key, where in _records(path):
             first = table.add(key, where)
-            if first is None:
-                continue
-            self._count += 1
-            item = (-where, first, key)
-            if len(found) < self._keep:
-                heapq.heappush(found, item)
-            elif self._keep and item > found[0]:
-                heapq.heapreplace(found, item)
+            if first is not None:
+                repeats.add(first, where, key)
         os.unlink(path)  # read: its disk space is free for the next part
+
+
+class _FirstRepeats:
+    """Counts repeats and keeps the `keep` with the smallest `where` (the first in the job)."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self.count = 0
+        self._heap: list[tuple[int, int, bytes]] = []  # (-where, first, id): largest on top
+
+    def add(self, first: int, where: int, key: bytes) -> None:
+        self.count += 1
+        item = (-where, first, key)
+        if len(self._heap) < self.keep:
+            heapq.heappush(self._heap, item)
+        elif self.keep and item > self._heap[0]:
+            heapq.heapreplace(self._heap, item)
+
+    def in_order(self) -> list[tuple[int, int, bytes]]:
+        return [(first, -neg, key) for neg, first, key in sorted(self._heap, reverse=True)]
 
 
 def _records(path: str) -> Iterator[tuple[bytes, int]]:
