@@ -52,7 +52,8 @@ Control interface (only with --enable-faults; root URL, not /v1; JSON bodies):
              tear          content: everything but the second half of the last line, close
              delay         {"seconds":S}: wait, then answer normally
              stall         {"after_bytes":K,"seconds":S}: send headers + first K body
-                           bytes, wait S seconds, then the rest
+                           bytes, wait S seconds, then the rest (no pause if the body
+                           is not longer than K)
              lose_response process fully (the batch IS created), close without answering
              reset_upload  {"after_bytes":K}: read K bytes of the request body, close;
                            nothing is processed

@@ -114,3 +114,45 @@ def test_id_set_splits_a_part_too_big_for_its_memory_again():
     repeats, count = ids.finish(keep=10**9)
     assert repeats == _every_repeat(keys) and count == len(repeats)
     assert not os.path.exists(folder)
+
+
+def test_repeats_found_at_finish_take_their_place_among_the_first_problems(tmp_path,
+                                                                            monkeypatch):
+    """The report lists the first problems in file and line order, also when a repeated id
+    is only found at the end (after the spill) and later lines were bad already."""
+    import dwbatch.idtable as idtable
+    from dwbatch.validate import check_files
+
+    monkeypatch.setattr(idtable, "MEMORY_BUDGET", 4096)
+    path = tmp_path / "a.jsonl"
+    line = ('{"custom_id": "%s", "method": "POST", "url": "/v1/chat/completions", '
+            '"body": {"model": "m", "messages": [{"role": "user", "content": "hi"}]}}\n')
+    path.write_text("".join(line % f"r{i}" for i in range(3000)) + line % "r0"
+                    + "not json\n" * 10)
+    report = check_files([str(path)], max_problems=5)
+    assert report.problem_count == 11
+    assert [p.line for p in report.problems] == [3001, 3002, 3003, 3004, 3005]
+    assert "duplicate custom_id: also used on line 1;" in report.problems[0].message
+
+
+def test_the_builder_finds_repeats_past_the_spill_and_leaves_nothing(tmp_path, monkeypatch):
+    import tempfile
+
+    import dwbatch.idtable as idtable
+    import pytest
+    from dwbatch.build import write_requests
+    from dwbatch.errors import InputError
+
+    monkeypatch.setattr(idtable, "MEMORY_BUDGET", 4096)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    requests = [{"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+                 "body": {"model": "m", "messages": [{"role": "user", "content": "hi"}]}}
+                for i in range(3000)]
+    requests.append(dict(requests[7]))
+    with pytest.raises(InputError) as exc:
+        write_requests(requests, str(tmp_path / "out.jsonl"))
+    assert "<requests> line 3001 (custom_id 'r7'): duplicate custom_id: also used on line 8" \
+        in exc.value.message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tmp"]
+    assert list((tmp_path / "tmp").iterdir()) == [], "the id check's temporary files are gone"

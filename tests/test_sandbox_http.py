@@ -644,10 +644,16 @@ def test_drop_tear_delay_faults_on_content(manual):
     assert raw_get(sb, path)[2] == full
     assert time.monotonic() - start >= 0.4
     sb.fault(method="GET", path="/v1/files/*/content", kind="stall", after_bytes=50,
-             seconds=0.4)
+             seconds=1.0)
+    conn = http.client.HTTPConnection("127.0.0.1", sb.port, timeout=10)
+    conn.request("GET", "/v1" + path, headers=AUTH)
     start = time.monotonic()
-    assert raw_get(sb, path)[2] == full
-    assert time.monotonic() - start >= 0.4
+    resp = conn.getresponse()
+    head = resp.read(50)  # the first 50 bytes come at once, the rest after the pause
+    head_at = time.monotonic() - start
+    rest = resp.read()
+    conn.close()
+    assert head + rest == full and head_at < 0.8 <= 1.0 <= time.monotonic() - start
     assert raw_get(sb, path)[2] == full, "faults hit only `times` calls"
 
 

@@ -427,11 +427,11 @@ def write_batch_files(source: Source, out_path: str, opts: BuildOptions | None =
             raise InputError("build options are needed for records input")
         check_options(opts)
     report = Report(max_problems=max_problems)
-    checker = Checker(report)
-    stats = checker.begin_file(source.name)
     protect = [source.path] if source.path else []
-    with ShardWriter(out_path, max_file_bytes=max_file_bytes, max_requests=max_requests,
-                     protect=protect) as writer:
+    with Checker(report) as checker, ShardWriter(
+            out_path, max_file_bytes=max_file_bytes, max_requests=max_requests,
+            protect=protect) as writer:
+        stats = checker.begin_file(source.name)
         if source.kind == "batch":
             _pass_through(source, checker, stats, writer, max_file_bytes)
         else:
@@ -449,11 +449,10 @@ def write_requests(requests, out_path: str, *, max_file_bytes: int = limits.MAX_
     OUT-001.jsonl...; problems name the request's position (1-based) as its line. All or
     nothing, like write_batch_files."""
     report = Report(max_problems=max_problems)
-    checker = Checker(report)
     name = "<requests>"
-    stats = checker.begin_file(name)
-    with ShardWriter(out_path, max_file_bytes=max_file_bytes,
-                     max_requests=max_requests) as writer:
+    with Checker(report) as checker, ShardWriter(out_path, max_file_bytes=max_file_bytes,
+                                                 max_requests=max_requests) as writer:
+        stats = checker.begin_file(name)
         for n, request in enumerate(requests, 1):
             _check_and_write(checker, stats, writer, request, name, n, max_file_bytes)
         checker.finish()

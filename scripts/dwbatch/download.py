@@ -286,13 +286,20 @@ class _Checkpoints:
             self.failure = exc
 
     def wait(self) -> None:
-        """Let the running checkpoint finish; raise what went wrong in it."""
-        if self.thread is not None:
-            self.thread.join()
-            self.thread = None
+        """Let the running checkpoint finish, even through Ctrl-C (the file must not be closed
+        under its fsync); then raise what went wrong in it, or the Ctrl-C."""
+        interrupted = None
+        while self.thread is not None and self.thread.is_alive():
+            try:
+                self.thread.join()
+            except KeyboardInterrupt as exc:
+                interrupted = exc
+        self.thread = None
         failure, self.failure = self.failure, None
         if failure is not None:
             raise failure
+        if interrupted is not None:
+            raise interrupted
 
     def final(self, lines: int, nbytes: int) -> None:
         self.wait()
@@ -316,6 +323,7 @@ def _append(stream, path: str, skip: int, nbytes: int, limit: int, counts: _Coun
             if limit > 0:
                 for pieces, n in api_client.iter_line_blocks(stream, max_lines=limit):
                     nbytes += _write(f, pieces)
+                    f.flush()  # whole lines reach the file as they arrive, not a buffer later
                     got += n
                     if got >= checkpoint:
                         checkpoints.start(skip + got, nbytes)

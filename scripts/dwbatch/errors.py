@@ -90,8 +90,9 @@ def local_file_error(exc: OSError) -> DWError | None:
         hint = ("free disk space (a job folder needs about 1 KB per request; temporary files "
                 "go to TMPDIR), then re-run the same command: what was saved is kept")
     elif exc.errno in _ACCESS:
-        hint = ("make the folder writable, or run the command from a folder you can write "
-                "to, then re-run it: what was saved is kept")
+        hint = ("make the folder named writable, or run the command from a folder you can "
+                "write to (temporary files go to TMPDIR), then re-run it: what was saved is "
+                "kept")
     elif exc.errno in _DESCRIPTORS:
         hint = "raise the open-file limit (ulimit -n), then re-run the same command"
     else:

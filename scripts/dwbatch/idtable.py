@@ -13,6 +13,7 @@ number of requests.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import os
 import struct
@@ -101,7 +102,7 @@ class IdSet:
     the ids seen so far and every later one are written to PARTS temporary files (by hash,
     each in the order added), and the repeats among them are found by finish(): the caller
     must call it after the last add(). Temporary files go to the system's temporary folder
-    (TMPDIR) and are removed by finish() or when the set is garbage-collected.
+    (TMPDIR) and are removed by finish() or close() (call it when an error stops the check).
     """
 
     def __init__(self, memory_budget: int | None = None, parts: int | None = None) -> None:
@@ -150,8 +151,18 @@ class IdSet:
             for f in self._files:
                 self._repeats_in(f.name, 1, repeats)
         finally:
-            self._dir.cleanup()
+            self.close()
         return repeats.in_order(), repeats.count
+
+    def close(self) -> None:
+        """Close and remove the temporary files (files first: Windows cannot remove an open
+        file). Safe to call more than once, and when nothing was spilled."""
+        for f in self._files:
+            with contextlib.suppress(OSError):
+                f.close()
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
 
     def _repeats_in(self, path: str, depth: int, repeats: _FirstRepeats) -> None:
         """Find the repeats in one part, then remove it. A part too big to hold in memory (a

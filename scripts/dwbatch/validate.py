@@ -17,7 +17,8 @@ Public interface:
   Report(.ok, .problems, .problem_count, .files, .total_requests, .render(), .to_dict())
   Problem(file, line, custom_id, message); FileStats(path, requests, bytes, url/endpoint,
   models, sha256, input_tokens_estimate, needs_split)
-  Checker: the same checks one line at a time (used by the builder for its own lines).
+  Checker: the same checks one line at a time (used by the builder for its own lines); use it
+  in a `with` block and call .finish() after the last line (see idtable.IdSet).
   fast_schema_check(obj) / schema_messages(obj): the two layers, exposed for tests.
 """
 
@@ -471,17 +472,38 @@ class Checker:
 
     def finish(self) -> Report:
         """Call after the last line: a job with more ids than fit in memory has its repeated
-        ids found here, in one pass over temporary files (see idtable.IdSet)."""
+        ids found here, in one pass over temporary files (see idtable.IdSet). They join the
+        other problems in file and line order, so the report still lists the first ones."""
         if self._finished:
             return self.report
         self._finished = True
-        room = max(0, self.report.max_problems - len(self.report.problems))
-        repeats, count = self._seen.finish(room)
-        for first, where, key in repeats:
-            self.report.add(self._duplicate(self._sources[where >> 40], where & _LINE_BITS,
-                                            key.decode("utf-8", "surrogatepass"), first))
-        self.report.problem_count += count - len(repeats)
-        return self.report
+        report = self.report
+        repeats, count = self._seen.finish(report.max_problems)
+        if count:
+            found = [self._duplicate(self._sources[where >> 40], where & _LINE_BITS,
+                                     key.decode("utf-8", "surrogatepass"), first)
+                     for first, where, key in repeats]
+            file_order: dict[str, int] = {}
+            for index, stats in enumerate(report.files):
+                file_order.setdefault(stats.path, index)
+
+            def place(problem: Problem) -> tuple[int, float]:
+                line = problem.line if problem.line is not None else float("inf")
+                return file_order.get(problem.file, len(file_order)), line
+
+            report.problems = sorted(report.problems + found, key=place)[:report.max_problems]
+            report.problem_count += count
+        return report
+
+    def close(self) -> None:
+        """Remove the id check's temporary files, if any (finish() does too)."""
+        self._seen.close()
+
+    def __enter__(self) -> Checker:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _url_ok(self, stats: FileStats, source: str, lineno: int, cid: str | None,
                 url: str) -> bool:
@@ -536,11 +558,11 @@ def check_files(paths: Iterable[str | os.PathLike], *,
     `split_oversize` is true (submit.py and --check: they split such a file into shards), in
     which case the file's FileStats.needs_split is set instead.
     """
-    report = Report(max_problems=max_problems)
-    checker = Checker(report)
-    for path in paths:
-        _check_one_file(checker, os.fspath(path), max_file_bytes, max_requests, split_oversize)
-    return checker.finish()
+    with Checker(Report(max_problems=max_problems)) as checker:
+        for path in paths:
+            _check_one_file(checker, os.fspath(path), max_file_bytes, max_requests,
+                            split_oversize)
+        return checker.finish()
 
 
 def _check_one_file(checker: Checker, path: str, max_file_bytes: int | None,

@@ -236,7 +236,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
         sent = 0
         pieces = iter(pieces)
         for piece in pieces:
-            if sent + len(piece) >= after_bytes:
+            if sent + len(piece) > after_bytes:
                 self._flush([piece[:after_bytes - sent]], chunked)
                 time.sleep(seconds)
                 yield piece[after_bytes - sent:]

@@ -13,7 +13,8 @@ query, and hits the next `times` matching calls; faults are consumed first-in fi
   delay          `seconds` (default 1); sleep, then answer normally.
   stall          `after_bytes` (default 0), `seconds` (default 1); process normally, send the
                  headers and the first after_bytes bytes of the body, wait, then send the rest
-                 (a client can be killed while it holds half an answer).
+                 (a client can be killed while it holds half an answer). A body no longer than
+                 after_bytes is sent whole, without a pause.
   lose_response  process fully (e.g. the batch IS created), then close without answering.
   reset_upload   `after_bytes` (default 0); read that much of the request body, then close;
                  nothing is processed.
