@@ -139,6 +139,17 @@ def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def rerun_resumes_at(sb, job: Job, file_id: str, skip: int) -> None:
+    """The same fetch again finishes the job, asking for the file from line `skip` on (the
+    lines recorded before), and the job ends intact."""
+    mark = len(sb.calls())
+    code, out = job.fetch()
+    assert code == 0, out
+    again = [c for c in sb.calls()[mark:] if c["path"] == f"/v1/files/{file_id}/content"]
+    assert [c["query"] for c in again] == [f"skip={skip}"]
+    assert_job_intact(sb, [job])
+
+
 def served_lines(sb, file_id: str) -> int:
     return sb.get(f"/files/{file_id}/content").content.count(b"\n")
 
@@ -458,12 +469,7 @@ def test_sigkill_during_download_then_rerun(sb, tmp_path):
     assert proc.returncode == -signal.SIGKILL
     assert 0 < raw.stat().st_size <= size // 2
     assert not (job.data()["shards"][0].get("downloaded") or {}).get("output_lines")
-    mark = len(sb.calls())
-    code, out = job.fetch()
-    assert code == 0, out
-    again = [c for c in sb.calls()[mark:] if c["path"] == f"/v1/files/{out_id}/content"]
-    assert [c["query"] for c in again] == ["skip=0"], "unrecorded lines are fetched again"
-    assert_job_intact(sb, [job])
+    rerun_resumes_at(sb, job, out_id, 0)
 
 
 def test_sigkill_after_a_checkpoint_of_a_long_download_then_rerun(sb, tmp_path):
@@ -494,12 +500,7 @@ def test_sigkill_after_a_checkpoint_of_a_long_download_then_rerun(sb, tmp_path):
     proc.kill()
     proc.communicate(timeout=30)
     assert CHECKPOINT_LINES <= lines < raw.read_bytes().count(b"\n") <= CHECKPOINT_LINES + 5_000
-    mark = len(sb.calls())
-    code, out = job.fetch()
-    assert code == 0, out
-    again = [c for c in sb.calls()[mark:] if c["path"] == f"/v1/files/{out_id}/content"]
-    assert [c["query"] for c in again] == [f"skip={lines}"]
-    assert_job_intact(sb, [job])
+    rerun_resumes_at(sb, job, out_id, lines)
 
 
 def test_disk_full_in_the_middle_of_a_download_then_rerun(sb, tmp_path):
@@ -529,12 +530,7 @@ def test_disk_full_in_the_middle_of_a_download_then_rerun(sb, tmp_path):
     raw = job.raw_dir / f"{job.batch_ids()[0]}.output.jsonl"
     assert raw.stat().st_size <= size // 3
     assert recorded <= raw.read_bytes().count(b"\n") < served_lines(sb, out_id)
-    mark = len(sb.calls())
-    code, out = job.fetch()
-    assert code == 0, out
-    again = [c for c in sb.calls()[mark:] if c["path"] == f"/v1/files/{out_id}/content"]
-    assert [c["query"] for c in again] == [f"skip={recorded}"]
-    assert_job_intact(sb, [job])
+    rerun_resumes_at(sb, job, out_id, recorded)
 
 
 def test_two_fetches_on_one_job_at_once(sb, tmp_path):
