@@ -218,3 +218,14 @@ def write_job(path: Path, box, batches: list[dict]) -> Path:
                               "batch_id": b["id"], "status": b["status"]})
     jobfile.save_job(str(path), job)
     return path
+
+
+def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
+    """Poll `predicate` until it returns something truthy (returned), or fail after timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.03)
+    raise AssertionError(f"timed out waiting for {what}")

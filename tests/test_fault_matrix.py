@@ -32,6 +32,7 @@ from conftest import (
     run_json,
     sandbox_per_file,
     script_env,
+    wait_for,
 )
 
 CHAT = "/v1/chat/completions"
@@ -127,16 +128,6 @@ def communicate(proc: subprocess.Popen, timeout: float = 60) -> tuple[int, dict 
     out, err = proc.communicate(timeout=timeout)
     assert TEST_KEY not in out and TEST_KEY not in err
     return proc.returncode, (json.loads(out) if out.strip() else None), err
-
-
-def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.03)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def rerun_resumes_at(sb, job: Job, file_id: str, skip: int) -> None:

@@ -26,6 +26,7 @@ from conftest import (
     run_json,
     run_script,
     script_env,
+    wait_for,
 )
 from dwbatch import jobfile
 
@@ -68,16 +69,6 @@ def submit(sandbox, *args, env=None, cwd=None):
 
 def load(path) -> dict:
     return json.loads(Path(path).read_text())
-
-
-def wait_for(predicate, timeout=20.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def start_submit(sandbox, *args, cwd=None) -> subprocess.Popen:
