@@ -1,9 +1,20 @@
 #!/usr/bin/env python3
+# /// script
+# requires-python = ">=3.10"
+# dependencies = [
+#     "requests>=2.28,<3",
+#     "jsonschema>=4.17,<5",
+# ]
+# ///
 """batches.py: list, get, cancel, retry and delete batches."""
 
 from __future__ import annotations
 
 import argparse
+
+from dwbatch.deps import require  # standard library only
+
+require("requests")  # before anything imports them: a clear error, not a traceback
 
 from dwbatch import cli, client, errors, manage, status
 

@@ -1,4 +1,11 @@
 #!/usr/bin/env python3
+# /// script
+# requires-python = ">=3.10"
+# dependencies = [
+#     "requests>=2.28,<3",
+#     "jsonschema>=4.17,<5",
+# ]
+# ///
 """Build valid batch files from prompts, CSV rows or records; or --check existing files.
 
 Nothing here touches the network. The request validator is dwbatch.validate (shared with
@@ -10,6 +17,10 @@ from __future__ import annotations
 
 import argparse
 import os
+
+from dwbatch.deps import require  # standard library only
+
+require("jsonschema")  # before anything imports them: a clear error, not a traceback
 
 from dwbatch import cli, errors, limits
 from dwbatch.build import BuildOptions, load_response_format, parse_param, write_batch_files

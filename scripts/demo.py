@@ -1,4 +1,11 @@
 #!/usr/bin/env python3
+# /// script
+# requires-python = ">=3.10"
+# dependencies = [
+#     "requests>=2.28,<3",
+#     "jsonschema>=4.17,<5",
+# ]
+# ///
 """Run the whole doubleword-batch workflow once, printing each command as it runs it.
 
 By default it starts the local sandbox (mock models, no key, no cost) and works on the bundled
@@ -16,6 +23,10 @@ import shlex
 import subprocess
 import sys
 import tempfile
+
+from dwbatch.deps import require  # standard library only
+
+require("requests", "jsonschema")  # before anything imports them: a clear error, not a traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

@@ -1,4 +1,11 @@
 #!/usr/bin/env python3
+# /// script
+# requires-python = ">=3.10"
+# dependencies = [
+#     "requests>=2.28,<3",
+#     "jsonschema>=4.17,<5",
+# ]
+# ///
 """fetch_results.py: download results incrementally and join them back to their requests."""
 
 from __future__ import annotations
@@ -8,6 +15,10 @@ import contextlib
 import dataclasses
 import os
 import sys
+
+from dwbatch.deps import require  # standard library only
+
+require("requests", "jsonschema")  # before anything imports them: a clear error, not a traceback
 
 from dwbatch import (
     cli,

@@ -1,4 +1,8 @@
 #!/usr/bin/env python3
+# /// script
+# requires-python = ">=3.10"
+# dependencies = []  # the sandbox is standard library only
+# ///
 """Run the local Doubleword sandbox: the batch API on loopback, for free rehearsals and tests."""
 
 from __future__ import annotations

@@ -1,10 +1,21 @@
 #!/usr/bin/env python3
+# /// script
+# requires-python = ">=3.10"
+# dependencies = [
+#     "requests>=2.28,<3",
+#     "jsonschema>=4.17,<5",
+# ]
+# ///
 """submit.py: upload batch files and start batches, exactly once, resumable."""
 
 from __future__ import annotations
 
 import argparse
 import os
+
+from dwbatch.deps import require  # standard library only
+
+require("requests", "jsonschema")  # before anything imports them: a clear error, not a traceback
 
 from dwbatch import cli, errors, limits, submitting
 from dwbatch.secrets import api_key_from_env
