@@ -16,20 +16,24 @@ from dwbatch.sandbox import Options, SandboxServer
 from dwbatch.sandbox.server import is_loopback
 
 DESCRIPTION = """\
-Serve the Doubleword batch API (files, batches, content, results, analytics, retry,
-cost-estimate) on loopback with deterministic mock models, so any script of this skill can
-rehearse a whole pipeline for free:  --base-url http://127.0.0.1:PORT/v1
+Serve the Doubleword batch API (models, files, batches, content, results, analytics, retry,
+retry-requests, cost-estimate) on loopback with deterministic mock models, so any script of
+this skill can rehearse a whole pipeline for free:  --base-url http://127.0.0.1:PORT/v1
 
 The first line printed on stdout holds the base URL (http://127.0.0.1:PORT/v1). The server
 behaves like the real service: bare UUID ids, plain-text errors with the real messages
-(401 `Authentication required` without a Bearer key), upload validation line by line (the
-first bad line rejects the file), output/error file ids set at creation, partial results
-with ?skip= / X-Incomplete / X-Last-Line, requests finishing OUT OF INPUT ORDER, in-place
-/retry, and the quirks: `expired` is never a status (expired_at is stamped, work goes on)
-and a batch cancelled while still validating stays `cancelling` forever.
+(401 `Authentication required` without a Bearer key), GET /models listing the mock models
+(OpenAI shape, OpenAI-style JSON errors), upload validation line by line (the first bad line
+rejects the file; a model it does not serve -> 403), GET /files?search= on the filename,
+output/error file ids set at creation, partial results with ?skip= / X-Incomplete /
+X-Last-Line, requests finishing OUT OF INPUT ORDER, in-place /retry (the error file is
+rebuilt), retriable upstream failures retried by the server before any is reported, and the
+quirks: `expired` is never a status (expired_at is stamped, work goes on), cancel has no
+state check (a finished batch becomes `cancelled` for good) and a batch cancelled while
+still validating stays `cancelling` forever.
 --openai-compat switches to stock OpenAI-compatible behaviour instead: file ids null until
 the batch is done, no partial-result headers, one final file, `expired` possible, JSON
-error bodies, and the Doubleword extensions (/retry, /results, /analytics,
+error bodies, and the Doubleword extensions (/retry, /retry-requests, /results, /analytics,
 /cost-estimate) answer 404.
 
 Mock models (names via --chat-models / --embedding-models; any other model: 403 at upload):
@@ -38,12 +42,18 @@ Mock models (names via --chat-models / --embedding-models; any other model: 403 
   word count cuts the answer -> finish_reason "length" (messages: stop_reason "max_tokens";
   responses: status "incomplete"). usage = word counts. A response_format / text.format
   json_schema gets JSON valid for the schema. Embeddings: 8 floats from sha256(input).
+  Like the service, a retriable upstream failure (5xx, 429, 408, 404, 499, timeout) is
+  retried by the server (3 attempts here, at once) and only the last failure is written.
   Markers inside a prompt:
-    [[fail:NNN]]      that request fails with upstream status NNN (RetriableHttpStatus for
-                      5xx/429/408/404/499, else NonRetriableHttpStatus; message is JSON text)
+    [[fail:NNN]]      every upstream attempt answers NNN: RetriableHttpStatus for
+                      5xx/429/408/404/499 once the retries run out, else
+                      NonRetriableHttpStatus at once (the message is JSON text)
     [[fail:timeout]]  fails with type Timeout      [[fail:text]]  error message is plain text
-    [[flaky:NNN]]     fails like [[fail:NNN]] the first time this sandbox answers that body,
-                      then answers normally (so a retry, in place or in a new batch, works)
+    [[flaky:NNN]]     the first upstream attempt answers NNN; the server's own retry then
+                      succeeds (a retriable NNN never reaches the error file)
+    [[outage:NNN]]    the upstream answers NNN through this body's whole first run, so it
+                      fails as RetriableHttpStatus; sent again (/retry, or a new batch) it
+                      succeeds: the failure to rehearse retrying with
     [[bad_json]]      structured answer that is not JSON
     [[schema_invalid]] structured answer that is JSON but violates the schema
 

@@ -188,7 +188,8 @@ REJECTIONS = [
     ("forbidden model", json.dumps({**chat_line("a"), "body": {"model": "gpt-4o"}}), 403,
      "Line 1: Model 'gpt-4o' has not been configured or is not available to user"),
     ("chat model on embeddings", json.dumps(chat_line("a", url="/v1/embeddings")), 400,
-     "Line 1: Model 'sandbox-chat' is a chat model and cannot serve '/v1/embeddings'"),
+     "Line 1: Model 'sandbox-chat' is a chat model but endpoint '/v1/embeddings' requires an "
+     "embedding model"),
 ]
 
 
@@ -537,15 +538,38 @@ def test_mock_models_answers(manual):
     assert estimate["total_requests"] == 1 and float(estimate["total_estimated_cost"]) > 0
 
 
-def test_flaky_marker_fails_once_then_a_retry_succeeds(manual):
+def test_the_server_retries_retriable_upstream_failures_itself(manual):
+    """Like the service: a 5xx/429 upstream answer is retried while the request stays
+    pending, so a passing failure never reaches the error file; only the final failure of
+    an upstream that keeps failing is written, and a 4xx fails at once."""
     sb = manual
-    lines = [chat_line("steady"), chat_line("flaky", "try me [[flaky:503]]")]
+    batch = batch_of(sb, [chat_line("flaky503", "x [[flaky:503]]"),
+                          chat_line("flaky429", "y [[flaky:429]]"),
+                          chat_line("down", "z [[fail:503]]"),
+                          chat_line("client", "w [[flaky:400]]")])
+    sb.advance(batch["id"])
+    done = get_batch(sb, batch["id"])
+    assert done["request_counts"] == {"total": 4, "completed": 2, "failed": 2}
+    errors = {e["custom_id"]: json.loads(e["error"]["message"])
+              for e in content(sb, done["error_file_id"])[1]}
+    assert set(errors) == {"down", "client"}, "a passing upstream failure is not reported"
+    assert errors["down"]["type"] == "RetriableHttpStatus"
+    assert errors["client"]["type"] == "NonRetriableHttpStatus"
+    answered = {x["custom_id"] for x in content(sb, done["output_file_id"])[1]}
+    assert answered == {"flaky503", "flaky429"}
+
+
+def test_outage_marker_fails_its_first_run_then_succeeds_when_sent_again(manual):
+    """[[outage:NNN]]: what the service reports after its own retries ran out (a
+    RetriableHttpStatus worth sending again), for rehearsing a retry."""
+    sb = manual
+    lines = [chat_line("steady"), chat_line("outage", "try me [[outage:503]]")]
     first = batch_of(sb, lines)
     sb.advance(first["id"])
     assert get_batch(sb, first["id"])["request_counts"] == {"total": 2, "completed": 1,
                                                              "failed": 1}
     error = content(sb, first["error_file_id"])[1][0]
-    assert error["custom_id"] == "flaky"
+    assert error["custom_id"] == "outage"
     assert json.loads(error["error"]["message"])["type"] == "RetriableHttpStatus"
     assert sb.post(f"/batches/{first['id']}/retry").status_code == 200
     sb.advance(first["id"])
@@ -554,7 +578,7 @@ def test_flaky_marker_fails_once_then_a_retry_succeeds(manual):
     again = batch_of(sb, [lines[1]])
     sb.advance(again["id"])
     assert get_batch(sb, again["id"])["request_counts"]["completed"] == 1, \
-        "a body already answered once is not flaky any more, in any batch"
+        "a body that failed its first run succeeds in any later batch"
 
 
 # --- clock and compat mode --------------------------------------------------------------------
@@ -695,3 +719,108 @@ def test_refuses_remote_host_and_stops_cleanly_on_sigterm(sandbox_factory):
     for needle in ("--manual", "/_sandbox/faults", "reset_upload", "[[fail:NNN]]",
                    "--openai-compat", "examples:"):
         assert needle in helptext
+
+
+# --- where the service differs from what a client would guess --------------------------------
+def test_cancel_of_a_finished_batch_makes_it_cancelled_for_good(manual):
+    """The service's cancel has no state check: a completed batch answers 200 and reports
+    `cancelled` from then on, its results still readable."""
+    sb = manual
+    batch = batch_of(sb, [chat_line("a"), chat_line("b")])
+    sb.advance(batch["id"])
+    assert get_batch(sb, batch["id"])["status"] == "completed"
+    r = sb.post(f"/batches/{batch['id']}/cancel")
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    sb.advance(batch["id"])
+    after = get_batch(sb, batch["id"])
+    assert after["status"] == "cancelled" and "cancelled_at" in after
+    assert after["request_counts"] == {"total": 2, "completed": 2, "failed": 0}
+    resp, lines = content(sb, batch["output_file_id"])
+    assert len(lines) == 2 and resp.headers["x-incomplete"] == "false"
+
+
+def test_models_lists_the_mock_models_openai_style(manual):
+    sb = manual
+    r = sb.get("/models")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    body = r.json()
+    assert body["object"] == "list"
+    assert [m["id"] for m in body["data"]] == ["sandbox-chat", "sandbox-embed"]
+    for model in body["data"]:
+        assert set(model) == {"id", "object", "created", "owned_by"}
+        assert model["object"] == "model" and isinstance(model["created"], int)
+    r = requests.get(sb.base_url + "/models", timeout=10)
+    assert r.status_code == 401
+    err = r.json()["error"]
+    assert set(err) >= {"message", "type", "code"}, "errors on /models are OpenAI-style JSON"
+
+
+def test_models_follow_the_configured_names(sandbox_factory):
+    sb = sandbox_factory("--chat-models", "m-one,m-two", "--embedding-models", "e-one")
+    assert [m["id"] for m in sb.get("/models").json()["data"]] == ["m-one", "m-two", "e-one"]
+    r = upload(sb, jsonl([chat_line("a")]))  # sandbox-chat is not served here
+    assert (r.status_code, r.text) == (
+        403, "Line 1: Model 'sandbox-chat' has not been configured or is not available to user")
+
+
+def test_files_can_be_searched_by_filename(manual):
+    sb = manual
+    for name in ("prompts.a1b2c3d4.jsonl", "prompts.ffff0000.jsonl", "other.jsonl"):
+        assert upload(sb, jsonl([chat_line("a")]), filename=name).status_code == 201
+    found = sb.get("/files", params={"search": "A1B2C3"}).json()["data"]
+    assert [f["filename"] for f in found] == ["prompts.a1b2c3d4.jsonl"], "case-insensitive"
+    found = sb.get("/files", params={"search": "prompts."}).json()["data"]
+    assert sorted(f["filename"] for f in found) == ["prompts.a1b2c3d4.jsonl",
+                                                    "prompts.ffff0000.jsonl"]
+    assert sb.get("/files", params={"search": "nothing-like-it"}).json()["data"] == []
+
+
+def test_analytics_reports_the_actual_cost(manual):
+    sb = manual
+    batch = batch_of(sb, [chat_line("a", "one two three"), chat_line("b", "four five")])
+    sb.advance(batch["id"])
+    stats = sb.get(f"/batches/{batch['id']}/analytics").json()
+    assert stats["total_prompt_tokens"] == 5 and stats["total_completion_tokens"] == 7
+    assert isinstance(stats["total_cost"], str), "the service sends a decimal string"
+    expected = 5 * 0.10 / 1e6 + 7 * 0.40 / 1e6  # the sandbox's made-up 24h prices
+    assert abs(float(stats["total_cost"]) - expected) < 1e-9
+
+
+def test_results_show_cancelled_requests_as_pending_and_filter(manual):
+    sb = manual
+    batch = batch_of(sb, [chat_line(f"row-{i}", f"p{i}") for i in range(4)] +
+                     [chat_line("bad-1", "[[fail:400]]")])
+    sb.advance(batch["id"], 3)
+    sb.post(f"/batches/{batch['id']}/cancel")
+    sb.advance(batch["id"])
+    assert get_batch(sb, batch["id"])["status"] == "cancelled"
+    r = sb.get(f"/batches/{batch['id']}/results")
+    rows = [json.loads(x) for x in r.text.splitlines()]
+    assert len(rows) == 5 and {x["status"] for x in rows} <= {"completed", "failed", "pending"}
+    assert sum(x["status"] == "pending" for x in rows) == 2, "cancelled requests show pending"
+    assert (r.headers["x-incomplete"], r.headers["x-last-line"]) == ("false", "5")
+    r = sb.get(f"/batches/{batch['id']}/results", params={"skip": 1, "limit": 2})
+    assert [json.loads(x)["custom_id"] for x in r.text.splitlines()] == ["row-1", "row-2"]
+    assert (r.headers["x-incomplete"], r.headers["x-last-line"]) == ("true", "3")
+    found = sb.get(f"/batches/{batch['id']}/results", params={"search": "BAD"}).text
+    assert [json.loads(x)["custom_id"] for x in found.splitlines()] == ["bad-1"]
+    pending = sb.get(f"/batches/{batch['id']}/results", params={"status": "pending"}).text
+    assert len(pending.splitlines()) == 2
+
+
+def test_retry_requests_revives_only_the_chosen_failures(manual):
+    sb = manual
+    batch = batch_of(sb, [chat_line("ok"), chat_line("f1", "[[outage:503]] one"),
+                          chat_line("f2", "[[outage:503]] two")])
+    sb.advance(batch["id"])
+    rows = [json.loads(x) for x in sb.get(f"/batches/{batch['id']}/results").text.splitlines()]
+    chosen = [x["id"] for x in rows if x["custom_id"] == "f1"]
+    r = sb.post(f"/batches/{batch['id']}/retry-requests", json={"request_ids": chosen})
+    assert r.status_code == 200 and r.json()["request_counts"]["failed"] == 1
+    assert [e["custom_id"] for e in content(sb, batch["error_file_id"])[1]] == ["f2"], \
+        "the error file is rebuilt: the retried request left it"
+    sb.advance(batch["id"])
+    assert get_batch(sb, batch["id"])["request_counts"] == {"total": 3, "completed": 2,
+                                                             "failed": 1}
+    r = sb.post(f"/batches/{batch['id']}/retry-requests", json={"request_ids": ["nope"]})
+    assert r.status_code == 400 and r.text.startswith("Nothing to retry")

@@ -34,7 +34,7 @@ def _run(command: str, cwd, env) -> subprocess.CompletedProcess:
 
 def test_workflow_commands_run_in_order_and_exit_as_documented(sandbox_factory, tmp_path):
     sb = sandbox_factory("--manual", "--seed", "3")
-    rows = ["id,text", "a1,I loved it", "a2,Terrible service", "a3,It was fine [[flaky:503]]",
+    rows = ["id,text", "a1,I loved it", "a2,Terrible service", "a3,It was fine [[outage:503]]",
             "a4,Would buy again"]
     (tmp_path / "rows.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     env = script_env(sb.base_url)

@@ -23,7 +23,7 @@ from .upload_rules import UploadRejected, validate_file
 DEFAULT_LIST_LIMIT = 20
 MAX_LIST_LIMIT = 101
 MAX_JSON_BODY = 1 << 20
-DOUBLEWORD_ONLY = ("retry", "results", "analytics", "cost-estimate")
+DOUBLEWORD_ONLY = ("retry", "retry-requests", "results", "analytics", "cost-estimate")
 
 
 @dataclass
@@ -160,7 +160,8 @@ def list_files(req: Request) -> Response:
     if order not in ("asc", "desc"):
         raise ApiError(400, f"Invalid order '{order}'. Allowed values: asc, desc")
     with req.store.lock:
-        files = req.store.list_files(_param(req.query, "purpose"), order)
+        files = req.store.list_files(_param(req.query, "purpose"), order,
+                                     _param(req.query, "search"))
         return json_response(list_object(files, _param(req.query, "after"), _limit(req.query),
                                          file_object))
 
@@ -319,23 +320,53 @@ def analytics(req: Request, batch_id: str) -> Response:
             "total_cost": f"{Decimal(str(round(b.cost, 8))):f}"})
 
 
-def results(req: Request, batch_id: str) -> Response:
-    """One line per input request, in input order, with its current result."""
+def retry_requests(req: Request, batch_id: str) -> Response:
+    """Doubleword extension: chosen failed requests (ids from /results) back to pending."""
     if req.options.openai_compat:
         _compat_404(req)
+    data = _json_body(req)
+    ids = data.get("request_ids")
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise ApiError(422, "Failed to deserialize the JSON body into the target type: "
+                            "missing field `request_ids`")
+    with req.store.lock:
+        batch = req.store.get_batch(batch_id)
+        req.store.retry_requests(batch, ids)
+        return json_response(batch_object(req.store, batch))
+
+
+RESULT_STATUSES = ("pending", "in_progress", "completed", "failed")
+
+
+def results(req: Request, batch_id: str) -> Response:
+    """One line per input request, in input order, with its current result.
+
+    `skip`/`limit` page it, `search` keeps custom_ids containing the text, `status` keeps one
+    status; X-Incomplete / X-Last-Line as on file content (the line count before filters)."""
+    if req.options.openai_compat:
+        _compat_404(req)
+    status = _param(req.query, "status")
+    if status is not None and status not in RESULT_STATUSES:
+        raise ApiError(400, f"Invalid status '{status}'. Allowed values: "
+                            + ", ".join(RESULT_STATUSES))
     with req.store.lock:
         batch = req.store.get_batch(batch_id)
         source = req.store.files[batch.input_file_id]
-        skip = max(0, int_param(req.query, "skip", 0) or 0)
+        skip = min(batch.total, max(0, int_param(req.query, "skip", 0) or 0))
         limit = int_param(req.query, "limit", None)
         end = batch.total if limit is None else min(batch.total, skip + max(1, limit))
         in_flight = set(batch.queue[batch.qpos:batch.qpos + IN_FLIGHT]) \
             if batch.status == "in_progress" else set()
-    return Response(status=200, content_type=NDJSON,
-                    stream=_result_lines(req.store, batch, source, range(skip, end), in_flight))
+        unfinished = not batch.terminal or end < batch.total
+    headers = [("x-incomplete", "true" if unfinished else "false"), ("x-last-line", str(end))]
+    wanted = (_param(req.query, "search"), status)
+    return Response(status=200, content_type=NDJSON, headers=headers,
+                    stream=_result_lines(req.store, batch, source, range(skip, end), in_flight,
+                                         wanted))
 
 
-def _result_lines(store: Store, batch: Batch, source: FileRecord, indices, in_flight):
+def _result_lines(store: Store, batch: Batch, source: FileRecord, indices, in_flight,
+                  wanted: tuple[str | None, str | None] = (None, None)):
     out_f = open(batch.output.path, "rb")
     err_f = open(batch.errors.path, "rb")
     in_f = open(source.path, "rb")
@@ -347,6 +378,10 @@ def _result_lines(store: Store, batch: Batch, source: FileRecord, indices, in_fl
             with store.lock:
                 status = store.request_status(batch, idx, in_flight)
                 off = batch.result_off[idx]
+            search, only = wanted
+            if (search and search.lower() not in request["custom_id"].lower()) or \
+                    (only and only != status):
+                continue
             line = {"id": request_uuid(batch.id, idx), "custom_id": request["custom_id"],
                     "model": (request["body"] or {}).get("model"),
                     "input_body": request["body"], "response_body": None, "error": None,
@@ -371,7 +406,22 @@ def _result_lines(store: Store, batch: Batch, source: FileRecord, indices, in_fl
         in_f.close()
 
 
+# --- models --------------------------------------------------------------------------------
+MODELS_CREATED = 1_700_000_000
+
+
+def list_models(req: Request) -> Response:
+    """GET /models: the mock models, OpenAI list shape (errors here are OpenAI-style JSON)."""
+    names = list(req.options.chat_models) + list(req.options.embedding_models)
+    if (_param(req.query, "available_for_realtime") or "").lower() == "false":
+        names = []  # every mock model also serves real-time requests: none is batch-only
+    data = [{"id": name, "object": "model", "created": MODELS_CREATED, "owned_by": "sandbox"}
+            for name in names]
+    return json_response({"object": "list", "data": data})
+
+
 ROUTES = [
+    ("GET", r"/v1/models", list_models),
     ("POST", r"/v1/files", upload_file),
     ("GET", r"/v1/files", list_files),
     ("GET", r"/v1/files/([^/]+)", get_file),
@@ -386,4 +436,5 @@ ROUTES = [
     ("POST", r"/v1/batches/([^/]+)/retry", retry_batch),
     ("GET", r"/v1/batches/([^/]+)/results", results),
     ("GET", r"/v1/batches/([^/]+)/analytics", analytics),
+    ("POST", r"/v1/batches/([^/]+)/retry-requests", retry_requests),
 ]

@@ -114,7 +114,8 @@ class SandboxHandler(BaseHTTPRequestHandler):
 
     def _route(self, path: str, query: dict, body: BodyReader) -> Response:
         sandbox = self.server.sandbox
-        compat = sandbox.options.openai_compat
+        # /models is served by the OpenAI-compatible part of the service: JSON errors there
+        compat = sandbox.options.openai_compat or path == "/v1/models"
         matched = [(m, func, rx.fullmatch(path)) for m, rx, func in _ROUTES]
         matched = [(m, func, hit) for m, func, hit in matched if hit]
         if not matched:

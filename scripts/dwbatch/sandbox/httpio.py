@@ -65,9 +65,12 @@ def error_response(err: ApiError, compat: bool = False) -> Response:
     if err.json_body is not None:
         return json_response(err.json_body, err.status, err.headers)
     if compat:
-        kind = "invalid_request_error" if err.status < 500 else "server_error"
+        kinds = {401: ("authentication_error", "invalid_api_key"),
+                 404: ("invalid_request_error", "not_found")}
+        kind, code = kinds.get(err.status, ("invalid_request_error" if err.status < 500
+                                            else "server_error", None))
         return json_response({"error": {"message": err.message, "type": kind, "param": None,
-                                        "code": None}}, err.status, err.headers)
+                                        "code": code}}, err.status, err.headers)
     return Response(status=err.status, body=err.message.encode("utf-8"), content_type=TEXT,
                     headers=err.headers)
 

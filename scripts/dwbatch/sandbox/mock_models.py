@@ -3,15 +3,24 @@
 Chat, completions, responses and messages answer "ECHO " + the prompt text, counted in
 words: with max_tokens below the answer's word count the answer is cut and marked as
 truncated. A JSON Schema response format gets a JSON answer valid for that schema.
-Embeddings are 8 floats from the SHA-256 of the input. Markers inside a request body make
-that one request fail or misbehave:
+Embeddings are 8 floats from the SHA-256 of the input. Like the service, the sandbox retries
+a retriable upstream failure itself (5xx, 429, 408, 404, 499, timeouts; here up to
+UPSTREAM_ATTEMPTS times, at once) and writes only the final failure, as RetriableHttpStatus
+or Timeout; other 4xx fail at once as NonRetriableHttpStatus. Markers inside a request body
+make that one request fail or misbehave:
 
-  [[fail:NNN]]       upstream answered HTTP NNN (RetriableHttpStatus for 5xx/429/408/404/499,
-                     else NonRetriableHttpStatus); the error message is JSON text
-  [[fail:timeout]]   the upstream call timed out (type Timeout)
+  [[fail:NNN]]       upstream answers HTTP NNN on every attempt (RetriableHttpStatus for
+                     5xx/429/408/404/499 after the sandbox's own retries, else
+                     NonRetriableHttpStatus at once); the error message is JSON text
+  [[fail:timeout]]   every upstream attempt times out (type Timeout, after the retries)
   [[fail:text]]      an error whose message is plain text, not JSON
-  [[flaky:NNN]]      fails like [[fail:NNN]] the first time this sandbox answers that request
-                     body, and answers normally after (a retry, in place or in a new batch)
+  [[flaky:NNN]]      the first upstream attempt for that request body answers NNN; the
+                     sandbox's own retry succeeds, so the request completes (never in the
+                     error file, as on the service)
+  [[outage:NNN]]     the upstream answers NNN through the whole first run of that request
+                     body, so it fails as RetriableHttpStatus once the retries run out (what
+                     the service reports after hours of a failing upstream); sent again (in
+                     place with /retry or in a new batch) it succeeds
   [[bad_json]]       a structured-output answer that is not JSON
   [[schema_invalid]] a structured-output answer that is JSON but violates the schema
 """
@@ -30,6 +39,8 @@ def _compact(obj) -> str:
 
 FAIL_MARKER = re.compile(r"\[\[fail:(\d{3}|timeout|text)\]\]")
 FLAKY_MARKER = re.compile(r"\[\[flaky:(\d{3})\]\]")
+OUTAGE_MARKER = re.compile(r"\[\[outage:(\d{3})\]\]")
+UPSTREAM_ATTEMPTS = 3  # the service tries up to ~1,000 times over hours; 3 at once here
 _flaky_seen: set[str] = set()
 _flaky_lock = threading.Lock()
 RETRIABLE = {404, 408, 429, 499}
@@ -43,17 +54,36 @@ class Outcome:
     error: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    retriable: bool = False
+    attempts: int = 1
 
 
 def respond(url: str, body: dict, request_id: str, created: int) -> Outcome:
-    """What the mock upstream answers for one request line's url and body."""
+    """What the service records for one request: upstream attempts until one succeeds, a
+    non-retriable failure comes, or UPSTREAM_ATTEMPTS retriable failures have been seen."""
     marker_text = json.dumps(body, ensure_ascii=False)
+    outage = OUTAGE_MARKER.search(marker_text)
+    down = outage.group(1) if outage and _first_time("outage" + url + marker_text) else None
+    outcome = Outcome()
+    for attempt in range(1, UPSTREAM_ATTEMPTS + 1):
+        outcome = _attempt(url, body, request_id, created, marker_text, down)
+        outcome.attempts = attempt
+        if outcome.error is None or not outcome.retriable:
+            break
+    return outcome
+
+
+def _attempt(url: str, body: dict, request_id: str, created: int, marker_text: str,
+             down: str | None) -> Outcome:
+    """One upstream call: what the mock model answers this time."""
     failure = FAIL_MARKER.search(marker_text)
     if failure:
-        return Outcome(error=failure_message(failure.group(1)))
+        return _failure(failure.group(1))
+    if down is not None:
+        return _failure(down)
     flaky = FLAKY_MARKER.search(marker_text)
     if flaky and _first_time(url + marker_text):
-        return Outcome(error=failure_message(flaky.group(1)))
+        return _failure(flaky.group(1))
     try:
         if url == "/v1/embeddings":
             return _embeddings(body)
@@ -75,6 +105,15 @@ def _first_time(text: str) -> bool:
         return True
 
 
+def _failure(what: str) -> Outcome:
+    retriable = what == "timeout" or (what.isdigit() and _retriable_status(int(what)))
+    return Outcome(error=failure_message(what), retriable=retriable)
+
+
+def _retriable_status(status: int) -> bool:
+    return status >= 500 or status in RETRIABLE
+
+
 def failure_message(what: str) -> str:
     """The error-file `message` for a [[fail:...]] marker."""
     if what == "timeout":
@@ -85,8 +124,7 @@ def failure_message(what: str) -> str:
         return "upstream connection closed unexpectedly (sandbox marker [[fail:text]]; " \
                "this message is plain text, not JSON)"
     status = int(what)
-    kind = "RetriableHttpStatus" if status >= 500 or status in RETRIABLE \
-        else "NonRetriableHttpStatus"
+    kind = "RetriableHttpStatus" if _retriable_status(status) else "NonRetriableHttpStatus"
     upstream = _compact({"error": {"message": f"upstream answered HTTP {status} (sandbox "
                                                 f"marker [[fail:{status}]])",
                                      "type": "sandbox_upstream_error", "code": status}})

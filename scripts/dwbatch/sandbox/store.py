@@ -25,8 +25,9 @@ from .upload_rules import FileIndex
 FILE_TTL_SECONDS = 30 * 86400
 
 PENDING, COMPLETED, FAILED, CANCELLED, EXPIRED = 0, 1, 2, 3, 4
+# /results shows a cancelled request as `pending` (the service does: it can be revived)
 STATE_NAMES = {PENDING: "pending", COMPLETED: "completed", FAILED: "failed",
-               CANCELLED: "cancelled", EXPIRED: "failed"}
+               CANCELLED: "pending", EXPIRED: "failed"}
 TERMINAL = ("completed", "failed", "cancelled", "expired")
 TIMESTAMPS = ("in_progress_at", "expires_at", "finalizing_at", "completed_at", "failed_at",
               "expired_at", "cancelling_at", "cancelled_at")
@@ -235,17 +236,24 @@ class Store:
         rec.deleted = True
         users = [b for b in self.batches.values() if b.input_file_id == rec.id]
         for batch in users:
-            self.cancel(batch)
+            if not batch.terminal:
+                self.cancel(batch)
         if rec.index is not None and not users:
             try:
                 os.unlink(rec.path)
             except OSError:
                 pass
 
-    def list_files(self, purpose: str | None, order: str) -> list[FileRecord]:
+    def list_files(self, purpose: str | None, order: str,
+                   search: str | None = None) -> list[FileRecord]:
+        """Files, newest first unless order is asc; `search`: case-insensitive substring of
+        the filename (how a client finds an upload whose answer it lost)."""
         files = [f for f in self.files.values() if not f.deleted and self.file_visible(f)]
         if purpose:
             files = [f for f in files if f.purpose == purpose.lower()]
+        if search:
+            needle = search.lower()
+            files = [f for f in files if needle in f.filename.lower()]
         files.sort(key=lambda f: f.seq, reverse=(order != "asc"))
         return files
 
@@ -302,8 +310,18 @@ class Store:
         return "\n".join(parts).lower()
 
     def cancel(self, batch: Batch) -> None:
-        """Pending requests become cancelled; the batch goes to `cancelling`."""
-        if batch.terminal or batch.status in ("cancelling", "finalizing"):
+        """Pending requests become cancelled; the batch goes to `cancelling`.
+
+        Like the service, with no state check: a finished (or finalizing) batch becomes
+        `cancelled` for good, its results still readable. Stock OpenAI servers leave a
+        finished batch as it is (--openai-compat)."""
+        if batch.status in ("cancelling", "cancelled"):
+            return
+        if batch.terminal or batch.status == "finalizing":
+            if not self.options.openai_compat:
+                batch.times.setdefault("finalizing_at", self.now())
+                batch.times["cancelling_at"] = self.now()
+                self.mark_cancelled(batch)
             return
         was_validating = batch.status == "validating"
         for idx in batch.queue[batch.qpos:]:
@@ -319,6 +337,10 @@ class Store:
         if not revived:
             raise ApiError(400, "Nothing to retry: this batch has no failed or cancelled "
                                 "requests")
+        self._revive(batch, revived)
+
+    def _revive(self, batch: Batch, revived: list[int]) -> None:
+        """Requests back to pending; failed ones leave the error file (it is rebuilt)."""
         failed_offsets = {batch.result_off[i] for i in revived if batch.state[i] == FAILED}
         if failed_offsets:
             batch.errors.view.remove(failed_offsets)
@@ -336,6 +358,16 @@ class Store:
         batch.stuck = False
         batch.status = "in_progress"
         batch.times.setdefault("in_progress_at", self.now())
+
+    def retry_requests(self, batch: Batch, request_ids: list[str]) -> None:
+        """Chosen failed requests (by their /results id) go back to pending, in place."""
+        wanted = set(request_ids)
+        chosen = [i for i, s in enumerate(batch.state)
+                  if s in (FAILED, EXPIRED) and request_uuid(batch.id, i) in wanted]
+        if not chosen:
+            raise ApiError(400, "Nothing to retry: none of the given request ids is a failed "
+                                "request of this batch")
+        self._revive(batch, chosen)
 
     def delete_batch(self, batch: Batch) -> None:
         """Soft delete: the batch is cancelled and no longer listed or readable."""

@@ -183,10 +183,9 @@ def _check_request(request: dict, line_no: int, line_bytes: int, options: Option
                      403)
     wanted = "embedding" if url == "/v1/embeddings" else "chat"
     if kind != wanted:
-        choices = options.embedding_models if wanted == "embedding" else options.chat_models
-        article = "an" if kind == "embedding" else "a"
-        raise reject(f"Model '{model}' is {article} {kind} model and cannot serve '{url}'; "
-                     f"use one of: {', '.join(choices)}")
+        article = "an" if wanted == "embedding" else "a"
+        raise reject(f"Model '{model}' is a {kind} model but endpoint '{url}' requires "
+                     f"{article} {wanted} model")
     if line_bytes > MAX_REQUEST_BODY_BYTES:
         size = len(json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
         if size > MAX_REQUEST_BODY_BYTES:
