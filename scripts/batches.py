@@ -35,8 +35,9 @@ def _sub(subs, name: str, help_text: str, examples: list[str]) -> argparse.Argum
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.make_parser(
         "batches.py",
-        "Manage batches on the server: list, get, cancel, retry (in place), delete. "
-        "cancel and retry accept a job file (PROMPTS.job.json) to act on all its batches.",
+        "Manage batches on the server: list, get, cancel, retry (in place), delete, and list "
+        "the models the key may use. cancel and retry accept a job file (PROMPTS.job.json) "
+        "to act on all its batches; cancel never touches a finished batch.",
         ["python3 scripts/batches.py list --status in_progress --json",
          "python3 scripts/batches.py cancel prompts.job.json",
          "python3 scripts/batches.py retry 3fa85f64-5717-4562-b3fc-2c963f66afa6 --json"],
@@ -63,7 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _sub(subs, "cancel",
              "Cancel a batch, or every unfinished batch of a job file. Requests already "
-             "finished keep their results; cancelled ones can be revived with retry.",
+             "finished keep their results; cancelled ones can be revived with retry. A "
+             "finished batch is never sent a cancel (the service would mark it cancelled for "
+             "good): a finished batch id is refused (exit 2), a job's finished batches are "
+             "skipped.",
              ["python3 scripts/batches.py cancel prompts.job.json --json",
               "python3 scripts/batches.py cancel 3fa85f64-5717-4562-b3fc-2c963f66afa6"])
     p.add_argument("target", metavar="ID|JOB")
@@ -76,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
              ["python3 scripts/batches.py retry prompts.job.json --json",
               "python3 scripts/batches.py retry 3fa85f64-5717-4562-b3fc-2c963f66afa6"])
     p.add_argument("target", metavar="ID|JOB")
+
+    _sub(subs, "models",
+         "List the models this key may use (GET /models), for create_batch_file.py --model. "
+         "submit.py checks the files' models against this list before uploading.",
+         ["python3 scripts/batches.py models", "python3 scripts/batches.py models --json"])
 
     p = _sub(subs, "delete",
              "Delete a batch (soft delete; a running batch is cancelled first).",
@@ -97,6 +106,8 @@ def main(args: argparse.Namespace) -> cli.Result:
             return manage.cancel(api, args.target)
         if args.action == "retry":
             return manage.retry(api, args.target)
+        if args.action == "models":
+            return manage.list_models(api)
         return manage.delete(api, args.batch_id)
 
 

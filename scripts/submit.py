@@ -34,18 +34,27 @@ def build_parser() -> argparse.ArgumentParser:
         "instead of being created twice.",
         ["python3 scripts/submit.py prompts.jsonl --json",
          "python3 scripts/submit.py prompts.jsonl --dry-run",
+         "python3 scripts/submit.py prompts.jsonl --pilot 20 --json",
          "python3 scripts/submit.py a.jsonl b.jsonl --completion-window 1h --max-cost 5 "
          "--metadata project=demo --job run1.job.json"],
         (errors.OK, errors.INTERNAL, errors.INVALID_INPUT, errors.AUTH, errors.UNAVAILABLE,
          errors.INTERRUPTED))
     parser.add_argument("files", nargs="*", metavar="FILE",
                         help="batch input files (.jsonl, one request per line); several allowed")
-    parser.add_argument("--completion-window", default="24h", metavar="WINDOW",
-                        help="24h (default, cheapest) or 1h (faster, dearer)")
+    parser.add_argument("--completion-window", default=None, metavar="WINDOW",
+                        help="24h (default, cheapest) or 1h (faster, dearer; the default of "
+                             "--pilot); any other value is passed to the server, which names "
+                             "the values it allows. Fixed once a batch of the job exists")
+    parser.add_argument("--pilot", type=cli.positive_int, default=None, metavar="N",
+                        help="submit only the first N requests (input order) as a separate "
+                             "pilot job, PROMPTS.pilot.jsonl / PROMPTS.pilot.job.json (window "
+                             "1h unless given); fetch it to read real answers and token use; "
+                             "then run the same command without --pilot")
     parser.add_argument("--metadata", action="extend", nargs="+", default=[],
                         metavar="KEY=VALUE",
                         help="metadata for every batch (string values; repeatable); job_id and "
-                             "shard_index are set by submit.py")
+                             "shard_index are set by submit.py. Fixed once a batch of the job "
+                             "exists")
     parser.add_argument("--job", metavar="PATH", default=None,
                         help="job file to write (default: PROMPTS.job.json beside the first "
                              "input); re-run with the same --job to resume")
@@ -86,20 +95,23 @@ def options_from_args(args: argparse.Namespace) -> submitting.SubmitOptions:
     return submitting.SubmitOptions(
         inputs=list(args.files),
         completion_window=args.completion_window,
-        metadata=submitting.parse_metadata(args.metadata),
+        metadata=submitting.parse_metadata(args.metadata) if args.metadata else None,
         job_path=args.job,
         max_file_bytes=args.max_file_bytes,
         max_requests=args.max_requests,
         dry_run=args.dry_run,
         max_cost=submitting.parse_max_cost(args.max_cost),
         force=args.force,
+        pilot=args.pilot,
     )
 
 
 def real_run_command(args: argparse.Namespace) -> str:
     """The same command without --dry-run (the `next` of a dry run)."""
     parts = list(args.files)
-    if args.completion_window != "24h":
+    if args.pilot is not None:
+        parts += ["--pilot", str(args.pilot)]
+    if args.completion_window is not None:
         parts += ["--completion-window", args.completion_window]
     for item in args.metadata:
         parts += ["--metadata", item]
@@ -152,20 +164,24 @@ def main(args: argparse.Namespace) -> cli.Result:
         "shards": [_shard_view(s) for s in shards],
         "batch_ids": [s["batch_id"] for s in shards if s.get("batch_id")],
         "uploaded": outcome.uploaded,
+        "uploads_found": outcome.uploads_found,
         "created": outcome.created,
         "found": outcome.found,
         "estimated_cost": (str(outcome.estimated_cost)
                            if outcome.estimated_cost is not None else None),
         "replaced_job": outcome.replaced_job,
         "notes": outcome.notes,
+        "pilot": job.get("pilot"),
     }
     if outcome.dry_run:
         return _dry_run_result(args, outcome, fields, shards, requests, tokens)
     fields["already_submitted"] = (outcome.uploaded == 0 and outcome.created == 0
-                                   and outcome.found == 0)
+                                   and outcome.found == 0 and outcome.uploads_found == 0)
+    found = [f"{n} {what} found again" for n, what in ((outcome.uploads_found, "upload(s)"),
+                                                        (outcome.found, "batch(es)")) if n]
     head = ("already submitted: nothing sent again" if fields["already_submitted"] else
             f"submitted: {outcome.uploaded} file(s) uploaded, {outcome.created} batch(es) "
-            f"created" + (f", {outcome.found} found again" if outcome.found else ""))
+            f"created" + "".join(f", {f}" for f in found))
     lines = [f"{head}; job {outcome.job_path} (job id {job['job_id']}), {requests:,} requests, "
              f"window {job['completion_window']}"]
     for s in shards:
@@ -173,9 +189,18 @@ def main(args: argparse.Namespace) -> cli.Result:
                      f" -> batch {s.get('batch_id')} [{s.get('status') or 'unknown'}]")
     if outcome.estimated_cost is not None:
         lines.append(f"estimated cost: ${outcome.estimated_cost}")
+    if job.get("pilot"):
+        lines.append(pilot_text(job["pilot"], outcome.job_path))
     lines += [f"note: {n}" for n in outcome.notes]
     return cli.Result(fields=fields, summary="\n".join(lines),
                       next=poll_command(args, outcome.job_path))
+
+
+def pilot_text(pilot: dict, job_path: str) -> str:
+    return (f"pilot: the first {pilot['pilot_requests']:,} of {pilot['full_requests']:,} "
+            f"requests. When it has finished, `fetch_results.py {job_path}` shows the answers "
+            "and their token use; then submit the whole input with the same command without "
+            "--pilot")
 
 
 def _dry_run_result(args, outcome, fields, shards, requests, tokens) -> cli.Result:

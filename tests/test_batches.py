@@ -105,6 +105,36 @@ def test_cancel_a_job_cancels_only_its_unfinished_batches(sb, tmp_path):
     assert sb.get(f"/batches/{running['id']}").json()["status"] == "cancelled"
 
 
+def test_cancel_never_sends_a_cancel_to_a_finished_batch(sb):
+    """On the service a cancel of a finished batch turns it `cancelled` for good: refused."""
+    done = create_batch_direct(sb, ["a", "b"])
+    sb.advance(done["id"])
+    all_done = create_batch_direct(sb, ["c"])
+    sb.advance(all_done["id"], 1)  # every request done, the batch not yet settled
+    for batch in (done, all_done):
+        code, out = batches(sb, "cancel", batch["id"])
+        assert code == 2 and out["error"]["code"] == "already_finished", out
+        assert "cancelled` for good" in out["error"]["message"]
+        assert not [c for c in sb.calls() if c["path"] == f"/v1/batches/{batch['id']}/cancel"]
+    assert sb.get(f"/batches/{done['id']}").json()["status"] == "completed"
+
+
+def test_models_lists_what_the_key_may_use(sb):
+    code, out = batches(sb, "models")
+    assert code == 0 and out["models"] == [{"id": "sandbox-chat", "owned_by": "sandbox"},
+                                           {"id": "sandbox-embed", "owned_by": "sandbox"}]
+    human = run_script("batches.py", "models", env=script_env(sb.base_url))
+    assert human.returncode == 0 and "sandbox-chat" in human.stdout
+    assert "--model" in human.stdout
+    sb.fault(method="GET", path="/v1/models", kind="status", status=404)
+    code, out = batches(sb, "models")
+    assert code == 2 and out["error"]["code"] == "models_unsupported"
+    sb.fault(method="GET", path="/v1/models", kind="status", status=401,
+             message="Authentication required")
+    code, out = batches(sb, "models")
+    assert code == 6
+
+
 def test_cancel_while_validating_warns_it_may_stay_cancelling(sb):
     b = create_batch_direct(sb, ["a"])
     code, out = batches(sb, "cancel", b["id"])

@@ -6,7 +6,8 @@ each ending in the SAME check (`assert_job_intact`):
   `ok` record carries its own request's answer (the sandbox answers "ECHO " + prompt);
 - no batch was created twice (POST /v1/batches that created something, from the sandbox's
   call log, and GET /v1/batches?search=<job_id>);
-- no file was uploaded twice (unless the row says the contract allows it, and why);
+- no file was uploaded twice: after a lost upload answer the stored file is found by its
+  unique name (GET /v1/files?search=), so each shard has exactly one stored file;
 - no line was downloaded twice: each raw copy has no duplicate line and holds exactly the
   lines the server serves for that file, as many as the job file records;
 - no file under the job folder holds the API key.
@@ -151,13 +152,11 @@ def calls_to(sb, method: str, path: str) -> list[dict]:
 
 # =============================================================================== the check
 
-def assert_job_intact(sb, jobs: list[Job], *, expect: dict[str, str] | None = None,
-                      extra_uploads: int = 0) -> list[dict]:
+def assert_job_intact(sb, jobs: list[Job], *, expect: dict[str, str] | None = None
+                      ) -> list[dict]:
     """The one check every row ends with (see the module docstring). `jobs`: the job and any
     retry jobs merged into its results file; `expect`: custom_id -> status where a row differs
-    from a clean run; `extra_uploads`: uploads the contract allows beyond one per shard (an
-    upload whose answer was lost is not recorded, so it is sent again; the unused copy costs
-    nothing and expires)."""
+    from a clean run."""
     first = jobs[0]
     calls = sb.calls()  # counted before this check makes calls of its own
     shards = [(job, s) for job in jobs for s in job.data()["shards"]]
@@ -174,11 +173,10 @@ def assert_job_intact(sb, jobs: list[Job], *, expect: dict[str, str] | None = No
         assert sorted(b["metadata"]["shard_index"] for b in mine) == \
             sorted(str(s["index"]) for s in data["shards"])
 
-    # no file uploaded twice (unless allowed)
+    # no file uploaded twice: exactly one stored file per shard
     uploads = [c for c in calls if c["method"] == "POST" and c["path"] == "/v1/files"
                and c["status"] == 201]
-    assert len(uploads) == len(shards) + extra_uploads, \
-        f"{len(uploads)} uploads for {len(shards)} shards (+{extra_uploads} allowed)"
+    assert len(uploads) == len(shards), f"{len(uploads)} uploads for {len(shards)} shards"
 
     # no line downloaded twice, none lost: raw copy == what the server holds
     for job, shard in shards:
@@ -274,8 +272,9 @@ def test_5xx_bursts_on_every_route(sb, tmp_path):
 @pytest.mark.parametrize("kind", ["reset_upload", "drop"])
 def test_connection_breaks_mid_upload(sb, tmp_path, kind):
     """reset_upload: the connection closes after 1000 bytes of the body, nothing processed ->
-    uploaded once. drop: the upload IS processed but the answer breaks off -> the contract
-    allows a second upload (the first was never recorded; its orphan costs nothing)."""
+    the file is looked up by its unique name, not found, and uploaded again. drop: the upload
+    IS processed but the answer breaks off -> the stored file is found by its name
+    (GET /files?search=) and used: one file."""
     job = Job(sb, tmp_path / "work", n=40, pad=200)
     assert job.input.stat().st_size > 5000
     if kind == "reset_upload":
@@ -285,9 +284,13 @@ def test_connection_breaks_mid_upload(sb, tmp_path, kind):
     code, out = job.submit()
     assert code == 0, out
     files = calls_to(sb, "POST", "/v1/files")
-    assert [c["fault"] for c in files] == [kind] * (2 if kind == "reset_upload" else 1) + [None]
+    expected = [kind, kind, None] if kind == "reset_upload" else [kind]
+    assert [c["fault"] for c in files] == expected
+    assert [c for c in calls_to(sb, "GET", "/v1/files") if "search=" in c["query"]]
+    assert (out["uploaded"], out["uploads_found"]) == \
+        ((1, 0) if kind == "reset_upload" else (0, 1))
     finish(job)
-    assert_job_intact(sb, [job], extra_uploads=1 if kind == "drop" else 0)
+    assert_job_intact(sb, [job])
 
 
 def _after_lines(sb, file_id: str, k: int) -> int:
@@ -356,7 +359,8 @@ def test_server_stalls_past_the_read_timeout(sb, tmp_path):
 def test_sigkill_during_submit_then_rerun(sb, tmp_path, moment):
     """submit.py killed with SIGKILL (no cleanup at all) at each step, then run again.
     during_upload: the server still stores the file it received; the job file never learnt
-    its id, so the re-run uploads again (allowed: one unused copy). after_upload: the file id
+    its id, but recorded that an upload was attempted, so the re-run finds the stored file by
+    its unique name instead of uploading again. after_upload: the file id
     is recorded, the re-run only creates. after_create_before_job_file: the batch exists but
     the job file does not know it; the re-run finds it by metadata instead of creating."""
     job = Job(sb, tmp_path / "work")
@@ -386,11 +390,11 @@ def test_sigkill_during_submit_then_rerun(sb, tmp_path, moment):
     sb.clear_faults()
     code, out = job.submit()
     assert code == 0, out
-    assert (out["uploaded"], out["created"], out["found"]) == {
-        "during_upload": (1, 1, 0), "after_upload": (0, 1, 0),
-        "after_create_before_job_file": (0, 0, 1)}[moment]
+    assert (out["uploaded"], out["uploads_found"], out["created"], out["found"]) == {
+        "during_upload": (0, 1, 1, 0), "after_upload": (0, 0, 1, 0),
+        "after_create_before_job_file": (0, 0, 0, 1)}[moment]
     finish(job)
-    assert_job_intact(sb, [job], extra_uploads=1 if moment == "during_upload" else 0)
+    assert_job_intact(sb, [job])
 
 
 def test_sigint_during_poll_wait_then_rerun(sb, tmp_path):

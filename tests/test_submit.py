@@ -145,8 +145,12 @@ def test_three_shard_split_creates_three_batches(sandbox, tmp_path):
     assert sorted(b["metadata"]["shard_index"] for b in batches) == ["0", "1", "2"]
     assert sorted(b["request_counts"]["total"] for b in batches) == [5, 10, 10]
     uploads = files_on_server(sandbox)
+    # unique per job and shard, starting with the shard file's own name
     assert sorted(f["filename"] for f in uploads) == sorted(
-        os.path.basename(s["path"]) for s in job["shards"])
+        f"{os.path.basename(s['path'])[:-len('.jsonl')]}.{job['job_id'][:8]}-{s['index']}.jsonl"
+        for s in job["shards"])
+    assert sorted(f["filename"] for f in uploads) == sorted(s["upload_name"]
+                                                            for s in job["shards"])
     assert not list(jobdir.glob(".split-*"))  # temporary split folder cleaned up
     code, again = submit(sandbox, str(src), "--max-requests", "10",
                          "--job", str(jobdir / "run.job.json"))
@@ -419,16 +423,153 @@ def test_402_and_403_are_exit_6_in_the_servers_words(sandbox, tmp_path):
     assert code == 6 and "Insufficient balance: top up your account" in out["error"]["message"]
     assert "uploads nothing twice" in out["error"]["hint"]
     assert len(posts(sandbox, "/v1/batches")) == 1  # never retried
-    other = write_batch(tmp_path / "q.jsonl", 2, model="forbidden-model")
+    other = write_batch(tmp_path / "q.jsonl", 2)
+    sandbox.fault(method="POST", path="/v1/batches", kind="status", status=403,
+                  message="Insufficient permissions to Create batch using file x")
     code, out = submit(sandbox, str(other))
     assert code == 6 and out["error"]["code"] == "forbidden"
-    assert "forbidden-model" in out["error"]["message"] or "403" in out["error"]["message"]
+    assert "Insufficient permissions to Create batch" in out["error"]["message"]
 
 
-def test_bad_completion_window_lists_allowed_values(sandbox, tmp_path):
+# --------------------------------------------------------------------------- models
+
+def test_a_model_the_key_cannot_use_is_refused_before_any_upload(sandbox, tmp_path):
+    src = write_batch(tmp_path / "p.jsonl", 3, model="sandbox-chta")
+    code, out = submit(sandbox, str(src))
+    assert code == 2 and out["error"]["code"] == "model_not_available", out
+    err = out["error"]
+    assert (out["model"], out["requests"]) == ("sandbox-chta", 3)
+    assert out["closest"][0] == "sandbox-chat"
+    assert "'sandbox-chta' (3 requests use it)" in err["message"]
+    assert "Nothing was uploaded" in err["message"] and "batches.py models" in err["hint"]
+    assert [(c["method"], c["path"]) for c in sandbox.calls()] == [("GET", "/v1/models")]
+
+
+def test_a_403_model_answer_at_upload_is_the_same_error_not_exit_6(sandbox, tmp_path):
+    """A server without /models (404) skips the check; the upload's 403 then names the model."""
+    sandbox.fault(method="GET", path="/v1/models", kind="status", status=404, times=5)
+    src = write_batch(tmp_path / "p.jsonl", 2, model="no-such-model")
+    code, out = submit(sandbox, str(src))
+    assert code == 2 and out["error"]["code"] == "model_not_available", out
+    assert out["model"] == "no-such-model" and out["requests"] == 2
+    assert "has not been configured" in out["server_message"]
+    assert not posts(sandbox, "/v1/batches")
+    assert files_on_server(sandbox) == []
+
+
+def test_models_route_auth_failure_is_exit_6_and_other_failures_skip(sandbox, tmp_path):
+    src = write_batch(tmp_path / "p.jsonl", 2)
+    sandbox.fault(method="GET", path="/v1/models", kind="status", status=401,
+                  message="Authentication required")
+    code, out = submit(sandbox, str(src))
+    assert code == 6 and not posts(sandbox, "/v1/files")
+    sandbox.fault(method="GET", path="/v1/models", kind="status", status=500, times=3)
+    proc = run_script("submit.py", str(src), "--max-retries", "0", "--json",
+                      env=script_env(sandbox.base_url))
+    assert proc.returncode == 0, proc.stdout
+    assert "could not list the models" in proc.stderr
+    assert json.loads(proc.stdout)["created"] == 1
+
+
+# --------------------------------------------------------------------------- lost uploads
+
+def test_a_lost_upload_answer_is_found_by_name_not_uploaded_twice(sandbox, tmp_path):
+    src = write_batch(tmp_path / "p.jsonl", 4)
+    sandbox.fault(method="POST", path="/v1/files", kind="lose_response")
+    code, out = submit(sandbox, str(src))
+    assert code == 0, out
+    assert (out["uploaded"], out["uploads_found"], out["created"]) == (0, 1, 1)
+    assert len(files_on_server(sandbox)) == 1, "exactly one stored file"
+    assert len(posts(sandbox, "/v1/files")) == 1
+    job = load(tmp_path / "p.job.json")
+    (shard,) = job["shards"]
+    searches = [c for c in sandbox.calls() if c["path"] == "/v1/files" and
+                c["method"] == "GET" and "search=" in c["query"]]
+    assert searches, "the file was looked up by its name"
+    assert files_on_server(sandbox)[0]["id"] == shard["file_id"]
+
+
+def test_an_upload_that_never_arrived_is_sent_again(sandbox, tmp_path):
+    src = write_batch(tmp_path / "p.jsonl", 4)
+    sandbox.fault(method="POST", path="/v1/files", kind="status", status=502)
+    code, out = submit(sandbox, str(src))
+    assert code == 0, out
+    assert (out["uploaded"], out["uploads_found"]) == (1, 0)
+    assert len(files_on_server(sandbox)) == 1
+
+
+# --------------------------------------------------------------------------- windows
+
+def test_an_unknown_window_is_passed_through_with_a_note(sandbox_factory, tmp_path):
+    sb = sandbox_factory("--enable-faults", "--completion-windows", "24h,1h,background")
+    src = write_batch(tmp_path / "p.jsonl", 2)
+    proc = run_script("submit.py", str(src), "--completion-window", "background", "--json",
+                      env=script_env(sb.base_url))
+    assert proc.returncode == 0, proc.stdout
+    assert "not one of the known windows" in proc.stderr
+    (batch_id,) = json.loads(proc.stdout)["batch_ids"]
+    assert sb.get(f"/batches/{batch_id}").json()["completion_window"] == "background"
+
+
+def test_a_refused_window_is_shown_in_the_servers_words_and_may_change(sandbox, tmp_path):
     src = write_batch(tmp_path / "p.jsonl", 2)
     code, out = submit(sandbox, str(src), "--completion-window", "2h")
-    assert code == 2 and "24h, 1h" in out["error"]["message"]
+    assert code == 2 and out["error"]["code"] == "bad_completion_window"
+    assert "Unsupported completion_window. Allowed values: 24h, 1h" in out["error"]["message"]
+    assert not [c for c in posts(sandbox, "/v1/batches") if c["status"] == 201]
+    code, out = submit(sandbox, str(src), "--completion-window", "1h")
+    assert code == 0, out
+    assert (out["uploaded"], out["created"], out["completion_window"]) == (0, 1, "1h")
+
+
+def test_create_only_options_are_fixed_once_a_batch_exists(sandbox, tmp_path):
+    src = write_batch(tmp_path / "p.jsonl", 2)
+    code, out = submit(sandbox, str(src), "--metadata", "team=blue")
+    assert code == 0, out
+    code, again = submit(sandbox, str(src))  # not given: the job's own values are kept
+    assert code == 0 and again["already_submitted"]
+    for flags in (["--metadata", "team=red"], ["--completion-window", "1h"]):
+        code, refused = submit(sandbox, str(src), *flags)
+        assert code == 2 and refused["error"]["code"] == "job_mismatch", flags
+        assert "--force" in refused["error"]["hint"]
+    assert len(posts(sandbox, "/v1/batches")) == 1
+    code, forced = submit(sandbox, str(src), "--metadata", "team=red", "--force")
+    assert code == 0 and forced["job_id"] != out["job_id"]
+    (batch,) = batches_of_job(sandbox, forced["job_id"])
+    assert batch["metadata"]["team"] == "red"
+
+
+# --------------------------------------------------------------------------- pilot
+
+def test_pilot_submits_the_first_n_requests_as_its_own_job(sandbox, tmp_path):
+    src = write_batch(tmp_path / "prompts.jsonl", 10)
+    code, out = submit(sandbox, str(src), "--pilot", "3")
+    assert code == 0, out
+    pilot_file = tmp_path / "prompts.pilot.jsonl"
+    assert pilot_file.read_text().splitlines() == src.read_text().splitlines()[:3]
+    assert out["job"].endswith("prompts.pilot.job.json")
+    assert out["pilot"] == {"inputs": ["prompts.jsonl"], "full_requests": 10,
+                            "pilot_requests": 3}
+    assert out["completion_window"] == "1h" and out["requests"] == 3
+    assert "prompts.pilot.job.json" in out["next"]
+    job = load(tmp_path / "prompts.pilot.job.json")
+    assert job["pilot"]["full_requests"] == 10
+    code, again = submit(sandbox, str(src), "--pilot", "3")
+    assert code == 0 and again["already_submitted"]
+    code, other = submit(sandbox, str(src), "--pilot", "5")
+    assert code == 2 and other["error"]["code"] == "job_mismatch"
+    assert len(pilot_file.read_text().splitlines()) == 3, "the pilot file was left as it was"
+    code, full = submit(sandbox, str(src))
+    assert code == 0 and full["requests"] == 10 and full["completion_window"] == "24h"
+    assert full["job"].endswith("prompts.job.json") and full["pilot"] is None
+
+
+def test_pilot_dry_run_writes_nothing(sandbox, tmp_path):
+    src = write_batch(tmp_path / "prompts.jsonl", 4)
+    code, out = submit(sandbox, str(src), "--pilot", "2", "--dry-run")
+    assert code == 0, out
+    assert out["requests"] == 2 and out["pilot"]["full_requests"] == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prompts.jsonl"]
     assert sandbox.calls() == []
 
 

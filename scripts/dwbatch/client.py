@@ -585,12 +585,13 @@ class Client:
     # ---- files --------------------------------------------------------------------------
     def upload_file(self, path: str, *, filename: str | None = None, purpose: str = "batch",
                     progress: ProgressCallback | None = None,
-                    expected_sha256: str | None = None) -> dict:
+                    expected_sha256: str | None = None, idempotent: bool = True) -> dict:
         """POST /files, streaming `path` from disk. Returns the File object.
 
-        The upload is retried like any call (a lost answer can leave an unused duplicate
-        file on the server, which costs nothing and expires). With expected_sha256, a file
-        that changed since it was checked is deleted again and refused.
+        idempotent=False: an answer lost after the body was sent (or a 500/502/504) raises
+        AmbiguousOutcome instead of uploading again, so the caller can look the file up by
+        its (unique) filename with find_files() first. With expected_sha256, a file that
+        changed since it was checked is deleted again and refused.
         """
         filename = filename or os.path.basename(path)
         bodies: list[MultipartFileBody] = []
@@ -602,7 +603,7 @@ class Client:
 
         read_timeout = max(self.settings.timeout, UPLOAD_MIN_READ_TIMEOUT)
         resp = self.request("POST", "/files", body_factory=body_factory,
-                            read_timeout=read_timeout)
+                            read_timeout=read_timeout, idempotent=idempotent)
         obj = self._json(resp, "POST", "/files")
         sent = bodies[-1].sent_sha256 if bodies else None
         if expected_sha256 and sent and sent != expected_sha256:
@@ -628,6 +629,29 @@ class Client:
                    order: str | None = None) -> list[dict]:
         return list(self.iter_list("/files", {"purpose": purpose, "order": order},
                                    max_items=max_items))
+
+    def find_files(self, filename: str, *, size: int | None = None) -> list[dict]:
+        """Files whose filename is exactly `filename` (and whose size is `size`, if given),
+        found with GET /files?search= (a case-insensitive substring match on the server)."""
+        found = []
+        for item in self.iter_list("/files", {"search": filename}):
+            if item.get("filename") != filename:
+                continue
+            if size is not None and item.get("bytes") != size:
+                continue
+            found.append(item)
+        return found
+
+    def list_models(self) -> list[dict]:
+        """GET /models: the models this key may use (OpenAI list shape, one page)."""
+        data = self.get_json("/models")
+        models = data.get("data") if isinstance(data, dict) else None
+        if not isinstance(models, list):
+            raise APIError("GET /models answered something that is not a model list",
+                           status=200, code="bad_response", exit_code=errors.UNAVAILABLE,
+                           method="GET", path="/models",
+                           hint="check --base-url points at the API (it should end with /v1)")
+        return [m for m in models if isinstance(m, dict) and isinstance(m.get("id"), str)]
 
     def cost_estimate(self, file_id: str, completion_window: str) -> dict:
         """GET /files/{id}/cost-estimate; total_estimated_cost is a decimal string."""

@@ -118,16 +118,43 @@ def get_batch(api: client.Client, batch_id: str) -> cli.Result:
 
 # --- cancel ------------------------------------------------------------------------------
 
+FINISHED_NOTE = ("the service's cancel has no state check: cancelling a finished batch "
+                 "would mark it `cancelled` for good, so it is never sent")
+
+
+def finished_reason(batch: dict) -> str | None:
+    """Why cancelling this batch would do nothing but harm, or None when it is running.
+
+    Finished: terminal, `finalizing`, or every request done (about to finalize)."""
+    state = batch.get("status")
+    if state in ("cancelled", "cancelling"):
+        return f"already {state}: nothing to cancel"
+    counts = status.request_counts(batch)
+    done = counts["total"] > 0 and counts["completed"] + counts["failed"] >= counts["total"]
+    if status.is_terminal(batch) or state == "finalizing" or done:
+        return f"already finished ({state}, {_counts_text(batch)}): nothing to cancel"
+    return None
+
+
 def cancel(api: client.Client, arg: str) -> cli.Result:
-    """Cancel a batch, or every unfinished batch of a job. Already-ended ones are left alone."""
+    """Cancel a batch, or every unfinished batch of a job. Finished ones are never sent a
+    cancel (the service would mark them cancelled for good)."""
     job_path, ids = batch_ids_of(arg)
     results, after = [], {}
     for batch_id in ids:
         before = api.get_batch(batch_id)
-        if status.is_terminal(before):
+        reason = finished_reason(before)
+        if reason is not None:
+            if job_path is None:
+                raise errors.InputError(
+                    f"batch {batch_id} is {reason}; no cancel was sent ({FINISHED_NOTE})",
+                    code="already_finished",
+                    hint="read its results with fetch_results.py; to stop a running job, "
+                         "cancel its job file",
+                    next=cli.script_command("poll.py", batch_id, "--json"),
+                    extra={"batch_id": batch_id, "status": before.get("status")})
             results.append({"batch_id": batch_id, "action": "skipped",
-                            "status": before.get("status"),
-                            "reason": f"already {before.get('status')}: nothing to cancel"})
+                            "status": before.get("status"), "reason": reason})
             after[batch_id] = before
             continue
         batch = api.cancel_batch(batch_id) or api.get_batch(batch_id)
@@ -156,7 +183,8 @@ def cancel(api: client.Client, arg: str) -> cli.Result:
                      "`batches.py retry` can revive cancelled requests in the same batch")
         next_cmd = cli.script_command("fetch_results.py", arg, "--json")
     else:
-        lines.append("nothing to cancel: every batch had already ended")
+        lines.append("nothing to cancel: every batch had already ended (no cancel was sent: "
+                     f"{FINISHED_NOTE})")
         next_cmd = cli.script_command("poll.py", arg, "--json")
     fields = {"target": arg, "job_file": job_path, "results": results,
               "cancelled": len(cancelled)}
@@ -241,6 +269,31 @@ def retry(api: client.Client, arg: str) -> cli.Result:
                  "fetch_results.py again")
     return cli.Result(fields, "\n".join(lines), errors.OK,
                       cli.script_command("poll.py", arg, "--json"))
+
+
+# --- models ------------------------------------------------------------------------------
+
+def list_models(api: client.Client) -> cli.Result:
+    """GET /models: the models this key may use, for --model in create_batch_file.py."""
+    try:
+        found = api.list_models()
+    except client.APIError as exc:
+        if exc.status in (404, 405, 501):
+            raise errors.DWError(
+                f"this server has no model list (GET /models answered {exc.status}: "
+                f"{exc.server_message or 'no message'})",
+                code="models_unsupported", exit_code=errors.INVALID_INPUT,
+                hint="ask the server's operator which model names it serves; a wrong name is "
+                     "refused when submit.py uploads the file") from None
+        raise
+    rows = [{"id": m["id"], "owned_by": m.get("owned_by")} for m in found]
+    rows.sort(key=lambda m: m["id"].lower())
+    lines = [f"{m['id']}" + (f"  (owned by {m['owned_by']})" if m.get("owned_by") else "")
+             for m in rows]
+    lines.append(f"{len(rows)} model{'s' if len(rows) != 1 else ''} this key may use; pass "
+                 "one to create_batch_file.py --model NAME (embedding models with "
+                 "--endpoint embeddings)")
+    return cli.Result({"models": rows, "count": len(rows)}, "\n".join(lines), errors.OK, None)
 
 
 # --- delete ------------------------------------------------------------------------------

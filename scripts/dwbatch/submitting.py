@@ -28,11 +28,13 @@ import time
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
-from . import cli, errors, jobfile, limits
+from . import cli, errors, jobfile, limits, models, pilot
 from .client import AmbiguousOutcome, APIError, Client
 from .config import resolve_base_url, settings_from_args
 
 COMPLETION_WINDOWS = ("24h", "1h")
+DEFAULT_WINDOW = "24h"
+PILOT_WINDOW = "1h"
 META_JOB_ID = "job_id"
 META_SHARD = "shard_index"
 RESERVED_METADATA = (META_JOB_ID, META_SHARD)
@@ -46,14 +48,15 @@ class SubmitOptions:
     """What the user asked for (from the command line)."""
 
     inputs: list[str]
-    completion_window: str = "24h"
-    metadata: dict[str, str] = field(default_factory=dict)
+    completion_window: str | None = None     # None: not given (24h, 1h for a pilot, or kept)
+    metadata: dict[str, str] | None = None   # None: not given (kept on a re-run)
     job_path: str | None = None
     max_file_bytes: int = limits.MAX_FILE_BYTES
     max_requests: int = limits.MAX_REQUESTS
     dry_run: bool = False
     max_cost: Decimal | None = None
     force: bool = False
+    pilot: int | None = None
 
 
 @dataclass
@@ -79,6 +82,7 @@ class Outcome:
     job: dict
     dry_run: bool
     uploaded: int = 0
+    uploads_found: int = 0
     created: int = 0
     found: int = 0
     notes: list[str] = field(default_factory=list)
@@ -131,13 +135,20 @@ def parse_max_cost(text: str | None) -> Decimal | None:
     return value
 
 
-def check_window(window: str) -> str:
-    if window not in COMPLETION_WINDOWS:
+def check_window(window: str | None) -> str | None:
+    """`24h` and `1h` are known; any other value is passed to the server (which says
+    whether it allows it), with a note on stderr."""
+    if window is None:
+        return None
+    if not window.strip() or any(c.isspace() or ord(c) < 32 for c in window):
         raise errors.InputError(
-            f"--completion-window {window!r} is not allowed: allowed values are "
-            f"{', '.join(COMPLETION_WINDOWS)}",
+            f"--completion-window {window!r} is not a window name",
             code="bad_completion_window",
             hint="24h is the cheapest; 1h is faster and dearer")
+    if window not in COMPLETION_WINDOWS:
+        sys.stderr.write(f"note: --completion-window {window} is not one of the known "
+                         f"windows ({', '.join(COMPLETION_WINDOWS)}); it is passed to the "
+                         "server, which decides whether it is allowed\n")
     return window
 
 
@@ -352,7 +363,7 @@ def reconcile_job(existing: dict | None, job_path: str, base_url: str, opts: Sub
     limits_rec = {"max_file_bytes": opts.max_file_bytes, "max_requests": opts.max_requests}
 
     def fresh() -> dict:
-        job = jobfile.new_job(base_url=base_url, completion_window=opts.completion_window,
+        job = jobfile.new_job(base_url=base_url, completion_window=default_window(opts),
                               endpoint=endpoint, metadata=opts.metadata, limits=limits_rec)
         job["inputs"] = inputs
         job["shards"] = [dict(r) for r in records]
@@ -369,10 +380,8 @@ def reconcile_job(existing: dict | None, job_path: str, base_url: str, opts: Sub
     if problem is None and not _same_plan(existing, records) and _any_create(existing):
         problem = ("the inputs now split differently (other --max-file-bytes/--max-requests) "
                    "than the shards already submitted")
-    if problem is None and existing["completion_window"] != opts.completion_window and \
-            _any_create(existing):
-        problem = (f"this job's batches were created with --completion-window "
-                   f"{existing['completion_window']}")
+    if problem is None and _any_create(existing):
+        problem = _create_options_changed(existing, opts)
     if problem is not None and _anything_on_server(existing) and not opts.force:
         raise errors.InputError(
             f"{problem}; job file {job_path} is left as it is",
@@ -405,12 +414,34 @@ def reconcile_job(existing: dict | None, job_path: str, base_url: str, opts: Sub
         job["shards"] = new_shards
         job["inputs"] = inputs
         outcome.notes.append("the inputs were split again with the new limits")
-    job["completion_window"] = opts.completion_window
     job["limits"] = limits_rec
     job["endpoint"] = endpoint
-    if opts.metadata and not _any_create(job):
-        job["metadata"] = dict(opts.metadata)
+    if not _any_create(job):  # options that only matter at create may still change
+        if opts.completion_window is not None:
+            job["completion_window"] = opts.completion_window
+        if opts.metadata is not None:
+            job["metadata"] = dict(opts.metadata)
     return job
+
+
+def default_window(opts: SubmitOptions) -> str:
+    """The window of a new job: as given, else 1h for a pilot (answers soon), else 24h."""
+    if opts.completion_window is not None:
+        return opts.completion_window
+    return PILOT_WINDOW if opts.pilot else DEFAULT_WINDOW
+
+
+def _create_options_changed(job: dict, opts: SubmitOptions) -> str | None:
+    """What differs in the options sent at create, once a batch of the job exists."""
+    window = opts.completion_window
+    if window is not None and window != job["completion_window"]:
+        return (f"this job's batches were created with --completion-window "
+                f"{job['completion_window']}, not {window}")
+    if opts.metadata is not None and dict(opts.metadata) != dict(job.get("metadata") or {}):
+        shown = ", ".join(f"{k}={v}" for k, v in sorted((job.get("metadata") or {}).items()))
+        return (f"this job's batches were created with --metadata {shown or '(none)'}; "
+                "metadata cannot change once a batch exists")
+    return None
 
 
 def place_shards(plan: list[ShardPlan], job: dict, job_path: str) -> None:
@@ -443,30 +474,111 @@ def _context(exc: errors.DWError, prefix: str, job_path: str, job: dict) -> erro
 
 
 def upload_missing(client: Client, job: dict, job_path: str, outcome: Outcome,
-                   progress_factory=None) -> None:
+                   progress_factory=None, used_models: dict[str, int] | None = None) -> None:
     """Upload every shard without a file id; record each id as soon as it is known."""
     for shard in sorted(job["shards"], key=lambda s: s["index"]):
         if shard.get("file_id"):
             continue
-        path = jobfile.abs_path(job_path, shard["path"])
+        upload_one(client, job, job_path, shard, outcome, progress_factory, used_models)
+
+
+def upload_name(job: dict, shard: dict) -> str:
+    """The filename sent with a shard's upload, unique per job and shard, so a lost upload
+    answer can be looked up by name: prompts.jsonl -> prompts.<job id 8>-<shard>.jsonl"""
+    stem, ext = os.path.splitext(os.path.basename(shard["path"]))
+    return f"{stem}.{job['job_id'][:8]}-{shard['index']}{ext or '.jsonl'}"
+
+
+def find_uploaded(client: Client, shard: dict, outcome: Outcome) -> dict | None:
+    """The stored file of this shard (same unique name and size), if a lost upload made it."""
+    found = client.find_files(shard["upload_name"], size=shard.get("bytes"))
+    if not found:
+        return None
+    found.sort(key=lambda f: (f.get("created_at") or 0, f.get("id") or ""))
+    if len(found) > 1:
+        extra = [f["id"] for f in found[1:]]
+        outcome.notes.append(f"shard {shard['index']}: {len(found)} stored copies of "
+                             f"{shard['upload_name']}; using {found[0]['id']}, the others "
+                             f"({', '.join(extra)}) are unused and expire by themselves")
+    return found[0]
+
+
+def upload_one(client: Client, job: dict, job_path: str, shard: dict, outcome: Outcome,
+               progress_factory=None, used_models: dict[str, int] | None = None) -> None:
+    """Upload one shard; after a lost answer, look the file up by name before sending again."""
+    shard.setdefault("upload_name", upload_name(job, shard))
+    if shard.get("upload_attempted_at"):
+        stored = find_uploaded(client, shard, outcome)
+        if stored is not None:
+            _record_upload(job_path, job, shard, stored)
+            outcome.uploads_found += 1
+            return
+    path = jobfile.abs_path(job_path, shard["path"])
+    attempt = 0
+    while True:
+        earlier_mark = shard.get("upload_attempted_at")
+        shard["upload_attempted_at"] = jobfile.now_iso()
+        _save(job_path, job)
         progress = progress_factory(shard, path) if progress_factory else None
         try:
-            obj = client.upload_file(path, expected_sha256=shard.get("sha256"),
-                                     progress=progress)
+            obj = client.upload_file(path, filename=shard["upload_name"],
+                                     expected_sha256=shard.get("sha256"), progress=progress,
+                                     idempotent=False)
+        except AmbiguousOutcome as exc:
+            stored = _look_for_lost_upload(client, shard, outcome, exc)
+            if stored is not None:
+                _record_upload(job_path, job, shard, stored)
+                outcome.uploads_found += 1
+                return
+            if attempt >= client.policy.max_retries:
+                raise _context(exc, f"uploading {shard['path']}", job_path, job) from None
+            attempt += 1
+            continue
         except APIError as exc:
-            raise _upload_error(exc, shard, path, job, job_path) from None
+            _restore_mark(shard, "upload_attempted_at", earlier_mark)
+            _save(job_path, job)
+            raise _upload_error(exc, shard, path, job, job_path, client, used_models) \
+                from None
         finally:
             if progress is not None and hasattr(progress, "done"):
                 progress.done()
-        shard["file_id"] = obj.get("id")
-        shard["uploaded_at"] = jobfile.now_iso()
-        _save(job_path, job)
+        _record_upload(job_path, job, shard, obj)
         outcome.uploaded += 1
+        return
 
 
-def _upload_error(exc: APIError, shard: dict, path: str, job: dict, job_path: str
+def _record_upload(job_path: str, job: dict, shard: dict, stored: dict) -> None:
+    shard["file_id"] = stored.get("id")
+    shard["uploaded_at"] = jobfile.now_iso()
+    _save(job_path, job)
+
+
+def _look_for_lost_upload(client: Client, shard: dict, outcome: Outcome,
+                          exc: AmbiguousOutcome) -> dict | None:
+    if client.on_retry:
+        client.on_retry(f"{exc.message}; looking for the file by its name "
+                        f"({shard['upload_name']}) before uploading again")
+    for pause in LOOKUP_PAUSES:
+        if pause:
+            client.sleep(pause)
+        stored = find_uploaded(client, shard, outcome)
+        if stored is not None:
+            return stored
+    return None
+
+
+def _upload_error(exc: APIError, shard: dict, path: str, job: dict, job_path: str,
+                  client: Client | None = None, used_models: dict[str, int] | None = None
                   ) -> errors.DWError:
     name = shard["path"]
+    model = models.refused_model(exc)
+    if model is not None:
+        available = models.fetch_available(client) if client is not None else None
+        count = (used_models or {}).get(model) or (shard.get("models") or {}).get(model)
+        return models.not_available_error(
+            model, count, available, uploaded_nothing=False,
+            extra={"job": job_path, "http_status": exc.status,
+                   "server_message": exc.server_message})
     if exc.status == 413:
         limit = _limit_from_message(exc.server_message)
         suggest = limit if limit else max(1, (shard.get("bytes") or 2) // 2)
@@ -593,14 +705,17 @@ def create_missing(client: Client, job: dict, job_path: str, outcome: Outcome) -
         try:
             create_one(client, job, job_path, shard, outcome)
         except APIError as exc:
-            if exc.status == 400 and "completion_window" in (exc.server_message or ""):
+            if _window_refused(exc):
                 raise errors.InputError(
                     f"{where}: the server refused --completion-window "
                     f"{job['completion_window']}: {exc.server_message}",
                     code="bad_completion_window",
-                    hint="re-run with one of the allowed values the server names (the files "
-                         "are uploaded and recorded; nothing is uploaded twice)",
-                    extra={"job": job_path}) from None
+                    hint="re-run the same command with --completion-window set to one of the "
+                         "values the server names (no batch exists yet, so the window may "
+                         "change; the files are uploaded and recorded, nothing is uploaded "
+                         "twice)",
+                    extra={"job": job_path, "completion_window": job["completion_window"],
+                           "http_status": exc.status}) from None
             if exc.exit_code == errors.AUTH:
                 exc.hint = (exc.hint or "") + ("; the uploaded files are recorded in the job "
                                                "file, so re-running uploads nothing twice")
@@ -618,6 +733,7 @@ def create_one(client: Client, job: dict, job_path: str, shard: dict, outcome: O
             return
     attempt = 0
     while True:
+        earlier_mark = shard.get("create_attempted_at")
         shard["create_attempted_at"] = jobfile.now_iso()
         shard["create_attempts"] = int(shard.get("create_attempts") or 0) + 1
         _save(job_path, job)
@@ -635,10 +751,30 @@ def create_one(client: Client, job: dict, job_path: str, shard: dict, outcome: O
                 raise
             attempt += 1
             continue
+        except APIError:
+            # a definite refusal (a 4xx, or 429/503 retried to the end): no batch was made,
+            # so this attempt does not count as one (create-only options may still change)
+            _restore_mark(shard, "create_attempted_at", earlier_mark)
+            _save(job_path, job)
+            raise
         _record_batch(shard, batch)
         _save(job_path, job)
         outcome.created += 1
         return
+
+
+def _restore_mark(shard: dict, key: str, earlier: str | None) -> None:
+    if earlier is None:
+        shard.pop(key, None)
+    else:
+        shard[key] = earlier
+
+
+def _window_refused(exc: APIError) -> bool:
+    """A 400 about the completion window (`Unsupported completion_window...` or
+    `Model 'm' does not support completion window 'w'...`)."""
+    words = (exc.server_message or "").lower()
+    return exc.status == 400 and ("completion_window" in words or "completion window" in words)
 
 
 # A create whose answer was lost may still be in progress on a slow server (a read timeout):
@@ -674,8 +810,40 @@ def submit(opts: SubmitOptions, args, *, progress_factory=None,
     settings = None
     if not opts.dry_run:
         settings = settings_from_args(args)  # exit 6 now, before any work, without a key
+    first_input = opts.inputs[0]
+    pilot_info = None
+    dry_dir = None
+    try:
+        if opts.pilot is not None:
+            first_input = pilot.pilot_path(opts.inputs[0])
+            if opts.dry_run:
+                dry_dir = tempfile.mkdtemp(prefix="dwbatch-pilot-")
+            paths, pilot_info = _make_pilot(paths, opts, first_input, dry_dir)
+        return _submit(opts, args, paths, first_input, base_url, settings, pilot_info,
+                       progress_factory, client_factory)
+    finally:
+        if dry_dir:
+            shutil.rmtree(dry_dir, ignore_errors=True)
+
+
+def _make_pilot(paths: list[str], opts: SubmitOptions, target: str, dry_dir: str | None
+                ) -> tuple[list[str], dict]:
+    """Validate the whole input, then write its first N requests as the pilot file."""
+    full = validate_inputs(paths, opts)
+    full_requests = sum(s.requests for s in full.files)
+    job_path = opts.job_path or jobfile.default_job_path(target)
+    existing = jobfile.load_job(job_path) if os.path.exists(job_path) else None
+    may_replace = opts.force or existing is None or not _anything_on_server(existing)
+    where = os.path.join(dry_dir, os.path.basename(target)) if dry_dir else target
+    count = pilot.write_pilot(paths, opts.pilot, where, may_replace=may_replace)
+    return [os.path.abspath(where)], {"paths": paths, "full_requests": full_requests,
+                                      "pilot_requests": count}
+
+
+def _submit(opts: SubmitOptions, args, paths: list[str], first_input: str, base_url: str,
+            settings, pilot_info: dict | None, progress_factory, client_factory) -> Outcome:
     report = validate_inputs(paths, opts)
-    job_path = opts.job_path or jobfile.default_job_path(opts.inputs[0])
+    job_path = opts.job_path or jobfile.default_job_path(first_input)
     if os.path.isdir(job_path):
         raise errors.InputError(f"--job {job_path} is a folder",
                                 hint="pass a file name such as prompts.job.json")
@@ -684,7 +852,14 @@ def submit(opts: SubmitOptions, args, *, progress_factory=None,
         raise errors.InputError(f"the folder of the job file {job_path} does not exist",
                                 hint="create it, or choose another --job path")
     if opts.dry_run:
-        return _dry_run(report, opts, job_path, base_url)
+        outcome = _dry_run(report, opts, job_path, base_url)
+        if pilot_info is not None:
+            outcome.job["pilot"] = {k: pilot_info[k] for k in ("full_requests",
+                                                               "pilot_requests")}
+            outcome.notes.append(f"the pilot file would be {first_input} (the first "
+                                 f"{pilot_info['pilot_requests']:,} of "
+                                 f"{pilot_info['full_requests']:,} requests)")
+        return outcome
     temp_dir = None
     outcome = Outcome(job_path=job_path, job={}, dry_run=False)
     try:
@@ -700,11 +875,18 @@ def submit(opts: SubmitOptions, args, *, progress_factory=None,
             job = reconcile_job(existing, job_path, base_url, opts, inputs, records,
                                 common_endpoint(plan), outcome, commit=True)
             outcome.job = job
+            if pilot_info is not None:
+                job["pilot"] = pilot.pilot_record(job_path, pilot_info["paths"],
+                                                  pilot_info["full_requests"],
+                                                  pilot_info["pilot_requests"])
             place_shards(plan, job, job_path)
             _save(job_path, job)
             client = (client_factory or Client)(settings)
             try:
-                upload_missing(client, job, job_path, outcome, progress_factory)
+                used = models_used(report)
+                if any(not s.get("file_id") for s in job["shards"]):
+                    models.check_models(client, used)
+                upload_missing(client, job, job_path, outcome, progress_factory, used)
                 if opts.max_cost is not None:
                     check_cost(client, job, job_path, opts.max_cost, outcome)
                 create_missing(client, job, job_path, outcome)
@@ -717,6 +899,15 @@ def submit(opts: SubmitOptions, args, *, progress_factory=None,
         if temp_dir:
             shutil.rmtree(temp_dir, ignore_errors=True)
     return outcome
+
+
+def models_used(report) -> dict[str, int]:
+    """model -> number of requests using it, over every input file."""
+    used: dict[str, int] = {}
+    for stats in report.files:
+        for model, count in (stats.models or {}).items():
+            used[model] = used.get(model, 0) + count
+    return used
 
 
 def _dry_run(report, opts: SubmitOptions, job_path: str, base_url: str) -> Outcome:

@@ -341,32 +341,47 @@ RESULT_STATUSES = ("pending", "in_progress", "completed", "failed")
 def results(req: Request, batch_id: str) -> Response:
     """One line per input request, in input order, with its current result.
 
-    `skip`/`limit` page it, `search` keeps custom_ids containing the text, `status` keeps one
-    status; X-Incomplete / X-Last-Line as on file content (the line count before filters)."""
+    `search` keeps custom_ids containing the text and `status` keeps one status; then
+    `skip`/`limit` page what is kept. X-Incomplete / X-Last-Line as on file content."""
     if req.options.openai_compat:
         _compat_404(req)
     status = _param(req.query, "status")
     if status is not None and status not in RESULT_STATUSES:
         raise ApiError(400, f"Invalid status '{status}'. Allowed values: "
                             + ", ".join(RESULT_STATUSES))
+    search = _param(req.query, "search")
     with req.store.lock:
         batch = req.store.get_batch(batch_id)
         source = req.store.files[batch.input_file_id]
-        skip = min(batch.total, max(0, int_param(req.query, "skip", 0) or 0))
-        limit = int_param(req.query, "limit", None)
-        end = batch.total if limit is None else min(batch.total, skip + max(1, limit))
         in_flight = set(batch.queue[batch.qpos:batch.qpos + IN_FLIGHT]) \
             if batch.status == "in_progress" else set()
-        unfinished = not batch.terminal or end < batch.total
+        kept = _kept_requests(req.store, batch, source, in_flight, search, status)
+        skip = min(len(kept), max(0, int_param(req.query, "skip", 0) or 0))
+        limit = int_param(req.query, "limit", None)
+        end = len(kept) if limit is None else min(len(kept), skip + max(1, limit))
+        unfinished = not batch.terminal or end < len(kept)
     headers = [("x-incomplete", "true" if unfinished else "false"), ("x-last-line", str(end))]
-    wanted = (_param(req.query, "search"), status)
     return Response(status=200, content_type=NDJSON, headers=headers,
-                    stream=_result_lines(req.store, batch, source, range(skip, end), in_flight,
-                                         wanted))
+                    stream=_result_lines(req.store, batch, source, kept[skip:end], in_flight))
 
 
-def _result_lines(store: Store, batch: Batch, source: FileRecord, indices, in_flight,
-                  wanted: tuple[str | None, str | None] = (None, None)):
+def _kept_requests(store: Store, batch: Batch, source: FileRecord, in_flight,
+                   search: str | None, status: str | None):
+    """Indices of the requests that pass the filters, in input order."""
+    indices = range(batch.total)
+    if status:
+        indices = [i for i in indices if store.request_status(batch, i, in_flight) == status]
+    if search:
+        needle = search.lower()
+        with open(source.path, "rb") as f:
+            def custom_id(i: int) -> str:
+                f.seek(source.index.offsets[i])
+                return json.loads(f.read(source.index.lengths[i]))["custom_id"]
+            indices = [i for i in indices if needle in custom_id(i).lower()]
+    return indices
+
+
+def _result_lines(store: Store, batch: Batch, source: FileRecord, indices, in_flight):
     out_f = open(batch.output.path, "rb")
     err_f = open(batch.errors.path, "rb")
     in_f = open(source.path, "rb")
@@ -378,10 +393,6 @@ def _result_lines(store: Store, batch: Batch, source: FileRecord, indices, in_fl
             with store.lock:
                 status = store.request_status(batch, idx, in_flight)
                 off = batch.result_off[idx]
-            search, only = wanted
-            if (search and search.lower() not in request["custom_id"].lower()) or \
-                    (only and only != status):
-                continue
             line = {"id": request_uuid(batch.id, idx), "custom_id": request["custom_id"],
                     "model": (request["body"] or {}).get("model"),
                     "input_body": request["body"], "response_body": None, "error": None,
