@@ -87,7 +87,11 @@ def check_models(client: Client, used: dict[str, int]) -> list[str] | None:
         first = missing[0]
         others = {m: used[m] for m in missing[1:]}
         extra = {"other_missing_models": others} if others else {}
-        raise not_available_error(first, used[first], available, extra=extra)
+        error = not_available_error(first, used[first], available, extra=extra)
+        if others:
+            also = ", ".join(f"{m!r} ({n:,} requests)" for m, n in others.items())
+            error.message += f"; also not available: {also}"
+        raise error
     return available
 
 
