@@ -118,7 +118,10 @@ ABSENT = {"custom_id a number": ["contains a control character"]}
 
 # name: (submit args after the good input in.jsonl, pieces the error must contain)
 BAD_USAGE = {
-    "--completion-window 2h": (["--completion-window", "2h"], ["--completion-window", "24h, 1h"]),
+    # (an unknown window such as 2h goes to the server, which names the allowed ones)
+    "--completion-window blank": (["--completion-window", " "],
+                                  ["--completion-window ' '", "not a window name"]),
+    "--pilot 0": (["--pilot", "0"], ["--pilot", "at least 1"]),
     "--metadata without =": (["--metadata", "novalue"], ["--metadata 'novalue'", "KEY=VALUE"]),
     "--metadata reserved key": (["--metadata", "job_id=mine"], ["--metadata", "reserved"]),
     "--metadata empty key": (["--metadata", "=v"], ["--metadata '=v'", "empty key"]),
