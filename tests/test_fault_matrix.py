@@ -410,7 +410,8 @@ def test_sigint_during_poll_wait_then_rerun(sb, tmp_path):
     code, out, err = communicate(proc)
     assert code == 130 and out["wait"]["interrupted"] is True, err
     assert "Traceback" not in err
-    assert job.data()["shards"][0]["request_counts"]["completed"] == 4
+    counts = job.data()["shards"][0]["request_counts"]  # 4 done, whichever they were
+    assert counts["completed"] + counts["failed"] == 4, counts
     assert sb.get(f"/batches/{batch_id}").json()["status"] == "in_progress"
     assert not [c for c in sb.calls() if c["path"].endswith("/cancel")]
     job.advance()
