@@ -25,12 +25,16 @@ from dwbatch import (
     client,
     download,
     errors,
+    families,
+    fetch_plan,
     jobfile,
     polling,
+    provenance,
     reconcile,
     results_io,
     results_stamp,
     retry_file,
+    retry_policy,
     status,
 )
 
@@ -45,9 +49,13 @@ still running), missing (batch ended without a result for it).
 Safe to run at any time: while a batch runs it saves what exists (exit 3) and later runs
 download only the new lines (?skip=<lines saved>); a broken connection never loses or
 duplicates a line. Raw downloads are kept byte for byte in PROMPTS.raw/. Given several jobs
-(an original and its retries), a later ok supersedes an earlier failure for the same
-custom_id. Every non-ok, non-pending record's original request line goes into a retry file
-that submit.py accepts. A re-run with nothing new (no new lines, same batch statuses, same
+of one family (an original and its retry jobs), a later ok supersedes an earlier failure for
+the same custom_id; jobs of different families or endpoints are refused (exit 2,
+unrelated_jobs). Each record carries "attempts" (how many of the given jobs sent it) and, when
+not ok/pending, "retriable". The retry file (which submit.py accepts) holds only what is worth
+sending again: retriable records sent fewer than --max-attempts times; the rest are given up
+and listed by reason ("gave_up_reasons"). With nothing left to retry: no retry file, exit 4,
+next null: the job is finished. A re-run with nothing new (no new lines, same batch statuses, same
 options) keeps the results and retry files as they are and reports the same summary (a stamp
 beside the results file, .NAME.stamp.json, records what they were built from).
 
@@ -57,8 +65,8 @@ current folder, named after the first batch id."""
 
 EXAMPLES = [
     "python3 scripts/fetch_results.py prompts.job.json --json",
-    "python3 scripts/fetch_results.py prompts.job.json prompts.retry.job.json --format csv "
-    "-o results.csv",
+    "python3 scripts/fetch_results.py prompts.job.json prompts.retry.job.json --json",
+    "python3 scripts/fetch_results.py prompts.job.json --format csv -o results.csv",
     "python3 scripts/fetch_results.py 3fa85f64-5717-4562-b3fc-2c963f66afa6 "
     "--retry-status error,missing --truncated-max-tokens 2x",
 ]
@@ -84,10 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--retry-status", metavar="LIST", default=None,
                         help="which statuses go into the retry file, comma-separated (default: "
                              f"all of {','.join(retry_file.RETRYABLE)})")
-    parser.add_argument("--truncated-max-tokens", metavar="N|Kx", default=None,
-                        help="raise the token limit of truncated requests in the retry file: "
-                             "a number (4096) or a factor of the old limit (2x); default: "
-                             "lines are copied unchanged")
+    parser.add_argument("--truncated-max-tokens", metavar="N|Kx|same", default=None,
+                        help="the token limit of truncated requests in the retry file: a "
+                             "number (4096), a factor of the old limit (3x), or 'same' to copy "
+                             "the lines unchanged (default: 2x)")
+    parser.add_argument("--max-attempts", type=cli.positive_int,
+                        default=retry_policy.DEFAULT_MAX_ATTEMPTS, metavar="N",
+                        help="give a request up once it has been sent this many times over the "
+                             "jobs given (default "
+                             f"{retry_policy.DEFAULT_MAX_ATTEMPTS}); requests the model server "
+                             "rejected as invalid (HTTP 400, 404, 413, 422...) are given up at "
+                             "once")
     parser.add_argument("--offline", action="store_true",
                         help="no network: reconcile only what is already downloaded, with the "
                              "batch statuses recorded last time (no key needed)")
@@ -98,116 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# --------------------------------------------------------------------------- planning
-
-class Plan:
-    """Paths this run reads and writes, decided before anything is downloaded."""
-
-    def __init__(self, args: argparse.Namespace, targets: list[polling.Target]) -> None:
-        first = targets[0]
-        if first.job_path:
-            base_dir = os.path.dirname(os.path.abspath(first.job_path))
-            stem = jobfile.job_stem(first.job_path)
-        else:
-            base_dir, stem = os.getcwd(), first.entries[0].batch_id
-        self.base_dir, self.stem = base_dir, stem
-        self.format = args.format or results_io.format_from_path(args.output)
-        self.results = args.output or os.path.join(base_dir, f"{stem}.results.{self.format}")
-        self.taken = _inputs_of(targets)
-        self.default_raw = args.raw_dir or os.path.join(base_dir, f"{stem}.raw")
-        self.raw_dirs = {}
-        for target in targets:
-            if args.raw_dir or not target.job_path:
-                self.raw_dirs[target.arg] = self.default_raw
-            else:
-                self.raw_dirs[target.arg] = os.path.join(
-                    os.path.dirname(os.path.abspath(target.job_path)),
-                    jobfile.job_stem(target.job_path) + ".raw")
-        self.retry = self._retry_path(args.retry_file)
-        for what, path in (("-o", self.results), ("--retry-file", self.retry)):
-            if os.path.abspath(path) in self.taken:
-                raise errors.InputError(
-                    f"{what} {path} is the input file of a submitted job: writing there would "
-                    "destroy the requests its results are joined to",
-                    hint=f"choose another path for {what}")
-        if os.path.abspath(self.results) == os.path.abspath(self.retry):
-            raise errors.InputError(f"-o and --retry-file are the same file ({self.results})",
-                                    hint="give them different paths")
-
-    def _retry_path(self, given: str | None) -> str:
-        if given:
-            return given
-        n = 1
-        while True:
-            path = os.path.join(self.base_dir, _retry_name(self.stem, n))
-            if os.path.abspath(path) not in self.taken and \
-                    not os.path.exists(jobfile.default_job_path(path)):
-                return path
-            n += 1
-
-
-def _retry_name(stem: str, n: int) -> str:
-    """The n-th retry file of a job: PROMPTS.retry.jsonl, PROMPTS.retry2.jsonl, ..."""
-    return f"{stem}.retry.jsonl" if n == 1 else f"{stem}.retry{n}.jsonl"
-
-
-def _inputs_of(targets: list[polling.Target]) -> set[str]:
-    taken = set()
-    for target in targets:
-        if target.job:
-            for item in list(target.job["shards"]) + list(target.job["inputs"]):
-                taken.add(jobfile.abs_path(target.job_path, item["path"]))
-    return taken
-
-
-def _sibling_retry_jobs(targets: list[polling.Target]) -> list[str]:
-    """Retry jobs of the first job that exist beside it but were not given."""
-    first = targets[0]
-    if not first.job_path:
-        return []
-    given = {os.path.abspath(t.job_path) for t in targets if t.job_path}
-    base = os.path.dirname(os.path.abspath(first.job_path))
-    stem = jobfile.job_stem(first.job_path)
-    found = []
-    for n in range(1, 20):
-        path = jobfile.default_job_path(os.path.join(base, _retry_name(stem, n)))
-        if not os.path.exists(path):
-            break
-        if path not in given:
-            found.append(cli.display_path(path))
-    return found
-
-
 # --------------------------------------------------------------------------- downloading
-
-def _recorded_batch(target: polling.Target, entry: polling.Entry, plan: Plan) -> dict:
-    """The batch as last recorded (for --offline)."""
-    if target.job:
-        shard = jobfile.shard_by_index(target.job, entry.shard)
-        return {"id": entry.batch_id, "status": shard.get("status")}
-    raw_dir = plan.raw_dirs[target.arg]
-    state = download.SidecarStore(download.raw_paths(raw_dir, entry.batch_id)["state"]).load()
-    if not state:
-        raise errors.InputError(
-            f"--offline: nothing was downloaded yet for batch {entry.batch_id} in {raw_dir}",
-            hint="run once without --offline")
-    return {"id": entry.batch_id, "status": state.get("batch_status")}
-
-
-def _store_for(target: polling.Target, entry: polling.Entry, raw_dir: str
-               ) -> download.StateStore:
-    if target.job_path:
-        return download.JobShardStore(target.job_path, entry.shard)
-    return download.SidecarStore(download.raw_paths(raw_dir, entry.batch_id)["state"])
-
-
-def _recorded_batches(plan: Plan, targets: list[polling.Target]) -> dict:
-    batches = {}
-    for target in targets:
-        for entry in target.entries:
-            batches[entry.batch_id] = _recorded_batch(target, entry, plan)
-    return batches
-
 
 def _check_batches(api, targets: list[polling.Target]) -> dict:
     """GET every batch; the job files learn status, counts and file ids (as poll.py does)."""
@@ -216,7 +122,17 @@ def _check_batches(api, targets: list[polling.Target]) -> dict:
     return dict(tracker.batches)
 
 
-def _download(api, plan: Plan, targets: list[polling.Target], batches: dict,
+def _check_bare_endpoints(api, targets: list[polling.Target]) -> None:
+    """Several targets with bare batch ids: their endpoints must agree (asked before the job
+    files are touched or anything is downloaded)."""
+    if len(targets) < 2 or all(t.job for t in targets):
+        return
+    bare = {e.batch_id: api.get_batch(e.batch_id) for t in targets if not t.job
+            for e in t.entries}
+    families.check_related(targets, _fetch_command, bare)
+
+
+def _download(api, plan: fetch_plan.Plan, targets: list[polling.Target], batches: dict,
               max_retries: int, refetch: set[str] = frozenset()) -> dict:
     """BatchDownload per batch id; batches in `refetch` get every file again from line 0."""
     downloads: dict[str, download.BatchDownload] = {}
@@ -227,59 +143,43 @@ def _download(api, plan: Plan, targets: list[polling.Target], batches: dict,
                 continue
             batch = batches[entry.batch_id]
             downloads[entry.batch_id] = download.download_batch(
-                api, batch, raw_dir, _store_for(target, entry, raw_dir),
+                api, batch, raw_dir, fetch_plan.store_for(target, entry, raw_dir),
                 terminal=status.is_terminal(batch), need_input=not target.job_path,
                 refetch=download.KINDS if entry.batch_id in refetch else (),
                 max_retries=max_retries, warn=cli.warn)
     return downloads
 
 
-def _effective_status(batch: dict) -> str | None:
-    """The status that decides pending vs missing: a batch stuck `cancelling` since it was
-    validating never ran anything, so it counts as cancelled."""
-    if status.cancelled_while_validating(batch):
-        return "cancelled"
-    return batch.get("status")
-
-
-def _sources(plan: Plan, targets: list[polling.Target], batches: dict) -> list:
-    sources = []
-    for job_no, target in enumerate(targets):
-        raw_dir = plan.raw_dirs[target.arg]
-        for entry in target.entries:
-            paths = download.raw_paths(raw_dir, entry.batch_id)
-            batch_status = _effective_status(batches[entry.batch_id])
-            if target.job:
-                shard = jobfile.shard_by_index(target.job, entry.shard)
-                sources.append(reconcile.Source(
-                    jobfile.abs_path(target.job_path, shard["path"]), paths["output"],
-                    paths["error"], entry.batch_id, batch_status, job=job_no,
-                    label=f"{target.job_path} shard {entry.shard}",
-                    expected_sha256=shard.get("sha256")))
-            else:
-                sources.append(reconcile.Source(
-                    paths["input"], paths["output"], paths["error"], entry.batch_id,
-                    batch_status, job=job_no, label=f"batch {entry.batch_id}"))
-    return sources
-
-
 # --------------------------------------------------------------------------- joining
 
-def _join(sources: list, plan: Plan, statuses: tuple[str, ...],
-          raise_tokens: retry_file.TokenRaise | None, progress, *, reuse: bool
+@dataclasses.dataclass
+class Options:
+    """What shapes the files this run writes (part of the stamp)."""
+
+    statuses: tuple[str, ...]
+    raise_tokens: retry_file.TokenRaise | None
+    max_attempts: int
+
+    def fingerprint(self, plan: fetch_plan.Plan) -> dict:
+        return {"format": plan.format, "results": os.path.abspath(plan.results),
+                "retry": os.path.abspath(plan.retry), "retry_statuses": list(self.statuses),
+                "truncated_max_tokens": dataclasses.asdict(self.raise_tokens)
+                if self.raise_tokens else None, "max_attempts": self.max_attempts}
+
+
+def _join(sources: list, plan: fetch_plan.Plan, options: Options, progress, *, reuse: bool
           ) -> tuple[reconcile.Summary, retry_file.RetryWriter, dict | None]:
     """Reconcile into the results and retry files, or keep them when their stamp says that
     nothing they are built from changed. Returns (summary, retry writer, the fingerprint to
     stamp once the retry file is committed, or None when the files were kept)."""
-    writer = retry_file.RetryWriter(plan.retry, statuses, raise_tokens)
-    current = results_stamp.fingerprint(sources, {
-        "format": plan.format, "results": os.path.abspath(plan.results),
-        "retry": os.path.abspath(plan.retry), "retry_statuses": list(statuses),
-        "truncated_max_tokens": dataclasses.asdict(raise_tokens) if raise_tokens else None})
+    policy = retry_policy.RetryPolicy(options.statuses, options.max_attempts)
+    writer = retry_file.RetryWriter(plan.retry, policy, options.raise_tokens)
+    current = results_stamp.fingerprint(sources, options.fingerprint(plan))
     stored = results_stamp.load_reusable(plan.results, plan.retry, current) if reuse else None
     summary = _stored_summary(stored)
     if summary is not None:
         writer.keep(stored["retry_counts"])
+        policy.keep(stored["gave_up"], stored["gave_up_reasons"])
         cli.warn(f"note: nothing changed since {_show(plan.results)} was written: kept as it "
                  "is (--rebuild writes it again)")
         return summary, writer, None
@@ -296,17 +196,35 @@ def _stored_summary(stored: dict | None) -> reconcile.Summary | None:
         summary = reconcile.Summary(**stored["summary"])
         if not all(isinstance(n, int) for n in dict(stored["retry_counts"]).values()):
             return None
+        if not isinstance(stored["gave_up"], int) or \
+                not isinstance(stored["gave_up_reasons"], list):
+            return None
     except (KeyError, TypeError, ValueError):
         return None
     return summary
 
 
+def _record_origin(targets: list[polling.Target], retry_path: str | None,
+                   writer: retry_file.RetryWriter, plan: fetch_plan.Plan) -> None:
+    """Beside a freshly written retry file: the job it came from (its family); a retry file
+    that is gone takes its record with it."""
+    if retry_path is None:
+        provenance.remove(plan.retry)
+        return
+    first = targets[0]
+    if writer.sha256 is None or not first.job:
+        return  # kept as it was (its record too), or no job to name
+    provenance.write(plan.retry, "retry", [(plan.retry, writer.sha256)],
+                     origin=provenance.origin_of(first.job, first.job_path, plan.retry))
+
+
 # --------------------------------------------------------------------------- reporting
 
-def _exit_code(summary: reconcile.Summary) -> int:
-    """Judged on the records: 5 missing because a batch ended badly; 3 pending; 4 not ok."""
+def _exit_code(summary: reconcile.Summary, retry_path: str | None) -> int:
+    """Judged on the records: 5 missing because a batch ended badly; 3 pending; 4 not ok.
+    With nothing pending and nothing left worth retrying the job is finished: 4."""
     counts = summary.counts
-    if summary.missing_from_ended:
+    if summary.missing_from_ended and (retry_path or counts["pending"]):
         return errors.BATCH_UNSUCCESSFUL
     if counts["pending"]:
         return errors.NOT_FINISHED
@@ -324,25 +242,31 @@ def _counts_text(counts: dict) -> str:
     return ", ".join(parts) or "no records"
 
 
+def _fetch_command(targets: list[polling.Target]) -> str:
+    return cli.script_command("fetch_results.py", *(t.arg for t in targets), "--json")
+
+
 def main(args: argparse.Namespace) -> cli.Result:
-    statuses = retry_file.parse_statuses(args.retry_status)
-    raise_tokens = retry_file.TokenRaise.parse(args.truncated_max_tokens)
+    options = Options(retry_file.parse_statuses(args.retry_status),
+                      retry_file.TokenRaise.parse(args.truncated_max_tokens), args.max_attempts)
     targets = polling.resolve_targets(args.targets)
-    plan = Plan(args, targets)
+    families.check_related(targets, _fetch_command)
+    plan = fetch_plan.Plan(args, targets)
     progress = cli.warn if sys.stderr.isatty() else None
     with contextlib.ExitStack() as stack:
         for raw_dir in sorted(set(plan.raw_dirs.values())):
             stack.enter_context(download.raw_dir_lock(raw_dir))
         if args.offline:
             api, downloads = None, {}
-            batches = _recorded_batches(plan, targets)
+            batches = fetch_plan.recorded_batches(plan, targets)
         else:
             api = stack.enter_context(client.client_from_args(args, on_retry=cli.warn))
             polling.warn_base_url_mismatch(targets, api.base_url)
+            _check_bare_endpoints(api, targets)
             batches = _check_batches(api, targets)
             downloads = _download(api, plan, targets, batches, args.max_retries)
-        sources = _sources(plan, targets, batches)
-        summary, writer, stamp = _join(sources, plan, statuses, raise_tokens, progress,
+        sources = fetch_plan.sources(plan, targets, batches)
+        summary, writer, stamp = _join(sources, plan, options, progress,
                                        reuse=not args.rebuild)
         if api is not None and summary.missing_from_completed:
             # A completed batch must have a line for every request: the saved copies no
@@ -354,18 +278,24 @@ def main(args: argparse.Namespace) -> cli.Result:
             downloads.update(_download(api, plan, targets, batches, args.max_retries,
                                        refetch=lost))
             writer.abort()
-            summary, writer, stamp = _join(sources, plan, statuses, raise_tokens, progress,
-                                           reuse=False)
+            summary, writer, stamp = _join(sources, plan, options, progress, reuse=False)
         # still under the raw folders' locks: the stamp describes these very files
         retry_path = _show(writer.commit())
+        _record_origin(targets, retry_path, writer, plan)
         if stamp is not None:
             results_stamp.save(plan.results, plan.retry, stamp, {
-                "summary": dataclasses.asdict(summary), "retry_counts": writer.counts})
-    results_path = _show(plan.results)
-    code = _exit_code(summary)
+                "summary": dataclasses.asdict(summary), "retry_counts": writer.counts,
+                "gave_up": writer.policy.gave_up,
+                "gave_up_reasons": writer.policy.reasons_list()})
+    return _report(args, targets, plan, summary, writer, retry_path, batches, downloads)
 
-    submit_cmd = cli.script_command("submit.py", retry_path, *(["--json"] if args.json else []))\
-        if retry_path else None
+
+def _report(args, targets, plan, summary, writer, retry_path, batches, downloads
+            ) -> cli.Result:
+    results_path = _show(plan.results)
+    code = _exit_code(summary, retry_path)
+    policy = writer.policy
+    reasons = policy.reasons_list()
     merge_cmd = None
     if retry_path:
         merge_cmd = cli.script_command(
@@ -375,13 +305,14 @@ def main(args: argparse.Namespace) -> cli.Result:
         # the same command (online: --offline would only re-read what is saved)
         next_cmd = cli.script_command("fetch_results.py",
                                       *(a for a in sys.argv[1:] if a != "--offline"))
-    elif code in (errors.PARTIAL_FAILURE, errors.BATCH_UNSUCCESSFUL):
-        next_cmd = submit_cmd
+    elif retry_path and code in (errors.PARTIAL_FAILURE, errors.BATCH_UNSUCCESSFUL):
+        next_cmd = cli.script_command("submit.py", retry_path,
+                                      *(["--json"] if args.json else []))
     else:
         next_cmd = None
 
     notes = []
-    siblings = _sibling_retry_jobs(targets)
+    siblings = fetch_plan.sibling_retry_jobs(targets)
     if siblings:
         notes.append("retry job(s) " + ", ".join(siblings) + " exist beside the job but were "
                      "not given: list them after it to merge their results")
@@ -406,11 +337,15 @@ def main(args: argparse.Namespace) -> cli.Result:
                 for kind, res in downloads[entry.batch_id].files.items():
                     item[kind] = res.as_dict()
             batch_fields.append(item)
+    finished = code != errors.NOT_FINISHED and not retry_path and summary.records \
+        != summary.counts["ok"]
     fields = {
         "results_file": results_path, "format": plan.format, "records": summary.records,
         "counts": summary.counts, "usage": summary.usage,
         "retry_file": retry_path, "retry_requests": writer.lines,
         "retry_counts": writer.counts,
+        "max_attempts": policy.max_attempts,
+        "gave_up": policy.gave_up, "gave_up_reasons": reasons,
         "raw_dirs": sorted({_show(d) for d in plan.raw_dirs.values()}),
         "jobs": [t.job_path for t in targets if t.job_path],
         "batches": batch_fields,
@@ -432,10 +367,16 @@ def main(args: argparse.Namespace) -> cli.Result:
         lines.append(f"batch {item['batch_id']}: {item['status']}"
                      + (": " + ", ".join(got) if got else ""))
     lines.append("raw downloads: " + ", ".join(fields["raw_dirs"]))
+    if policy.gave_up:
+        lines.append(f"gave up on {policy.gave_up} request(s) (not worth sending again):")
+        lines += ["  " + text for text in retry_policy.describe(reasons)]
     if retry_path:
         lines.append(f"retry file: {retry_path} ({writer.lines} requests: "
                      f"{_counts_text(writer.counts)})")
         lines.append(f"after submitting it, merge with: {merge_cmd}")
+    elif finished:
+        lines.append("nothing left to retry: the job is finished. Tell the user which requests "
+                     "could not be done and why (above); the results file has every record")
     return cli.Result(fields, "\n".join(lines), code, next_cmd)
 
 

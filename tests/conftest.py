@@ -140,7 +140,11 @@ def sandbox(sandbox_factory) -> Sandbox:
 
 
 def script_env(base_url: str | None = None, key: str | None = TEST_KEY, **extra) -> dict:
+    """The environment of a script run: no DOUBLEWORD_* but the ones given, and the test's
+    interpreter folder first on PATH, as in an activated venv (so `next` says `python3`;
+    test_shared_pieces covers the other case)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DOUBLEWORD_")}
+    env["PATH"] = os.path.dirname(PYTHON) + os.pathsep + env.get("PATH", "")
     if key is not None:
         env["DOUBLEWORD_API_KEY"] = key
     if base_url is not None:

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import run_json, run_script
+from conftest import PYTHON, run_json, run_script
 
 SCRIPT = "create_batch_file.py"
 CHAT = "/v1/chat/completions"
@@ -38,7 +38,7 @@ def build(tmp_path, *args, **kw):
 
 
 def check_submit_next(env: dict, *paths) -> None:
-    assert env["next"].startswith("python3 ") and "submit.py" in env["next"]
+    assert env["next"].split()[0] in ("python3", PYTHON) and "submit.py" in env["next"]
     assert env["next"].split()[2:] == [*paths, "--json"], "next keeps the caller's --json"
 
 

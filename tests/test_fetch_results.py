@@ -218,12 +218,18 @@ def test_error_file_json_and_plain_text_messages(sb, tmp_path):
     assert recs["txt"]["error"]["type"] is None and recs["txt"]["error"]["status_code"] is None
     assert "plain text" in recs["txt"]["error"]["message"]
     assert recs["tmo"]["error"]["type"] == "Timeout"
+    assert recs["j400"]["retriable"] is False and recs["j400"]["attempts"] == 1
+    assert all(recs[c]["retriable"] is True for c in ("txt", "t500", "tmo"))
+    assert "retriable" not in recs["ok"] and recs["ok"]["attempts"] == 1
     retry = tmp_path / "p.retry.jsonl"
-    assert out["retry_file"] == "p.retry.jsonl" and out["retry_requests"] == 4
+    assert out["retry_file"] == "p.retry.jsonl" and out["retry_requests"] == 3
     originals = {json.loads(x)["custom_id"]: x for x in (tmp_path / "p.jsonl").read_text()
                  .splitlines()}
-    assert retry.read_text().splitlines() == [originals[c] for c in
-                                              ("j400", "txt", "t500", "tmo")]
+    assert retry.read_text().splitlines() == [originals[c] for c in ("txt", "t500", "tmo")]
+    assert out["gave_up"] == 1 and out["gave_up_reasons"] == [{
+        "reason": "rejected by the model server (HTTP 400): the request itself is refused, "
+                  "so sending it again would fail the same way", "count": 1,
+        "custom_ids": ["j400"]}]
     assert out["next"].endswith("submit.py p.retry.jsonl --json")
 
 
@@ -309,7 +315,7 @@ def test_compat_server_whole_file_once_terminal(sandbox_factory, tmp_path):
 
 def test_original_plus_retry_job_merged_and_retry_file_submitted(sb, tmp_path):
     lines = [chat_line("a", "alpha"), chat_line("b", "one two three four", max_tokens=2),
-             chat_line("c", "gamma"), chat_line("d", "[[fail:400]] delta")]
+             chat_line("c", "gamma"), chat_line("d", "[[fail:503]] delta")]
     job, batch_id = submit(sb, write_lines(tmp_path / "p.jsonl", lines))
     sb.advance(batch_id)
     code, out = fetch(sb, tmp_path, job.name, "--truncated-max-tokens", "100")
@@ -441,7 +447,9 @@ def test_human_output_and_key_never_written(sb, tmp_path):
     proc = run_script("fetch_results.py", job.name, env=script_env(sb.base_url), cwd=tmp_path)
     assert proc.returncode == 4
     assert "results: p.results.jsonl (2 records: 1 ok, 1 error)" in proc.stdout
-    assert "next: python3" in proc.stdout and "submit.py p.retry.jsonl" in proc.stdout
+    assert "next: " not in proc.stdout, "a 422 is given up at once: nothing left to retry"
+    assert "gave up on 1 request(s)" in proc.stdout and "HTTP 422" in proc.stdout
+    assert "custom_id x" in proc.stdout and "the job is finished" in proc.stdout
     assert TEST_KEY not in json.dumps(json.loads(job.read_text()))
     assert_no_key_in_tree(tmp_path)
     assert os.path.isdir(tmp_path / "p.raw")
@@ -467,7 +475,7 @@ def without_downloads(envelope: dict, offline: bool = False) -> dict:
 
 
 def test_refetch_with_nothing_new_keeps_the_files_and_the_envelope(sb, tmp_path):
-    lines = [chat_line(f"r{i}", f"k {i}") for i in range(6)] + [chat_line("f", "[[fail:400]]")]
+    lines = [chat_line(f"r{i}", f"k {i}") for i in range(6)] + [chat_line("f", "[[fail:503]]")]
     job, batch_id = submit(sb, write_lines(tmp_path / "p.jsonl", lines))
     sb.advance(batch_id)
     code, first = fetch(sb, tmp_path, job.name)

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from dwbatch import reconcile, results_io, retry_file
+from dwbatch import reconcile, results_io, retry_file, retry_policy
 from dwbatch.errors import InputError
 
 SCHEMA = {"type": "object", "properties": {"answer": {"type": "string"}},
@@ -43,14 +43,14 @@ def write_jsonl(path: Path, objs) -> str:
     return str(path)
 
 
-def run(sources, tmp_path, statuses=None, raise_tokens=None, fmt="jsonl"):
+def run(sources, tmp_path, statuses=None, raise_tokens=None, fmt="jsonl", max_attempts=3):
     out = tmp_path / f"results.{fmt}"
-    writer = retry_file.RetryWriter(str(tmp_path / "retry.jsonl"),
-                                    statuses or retry_file.RETRYABLE, raise_tokens)
+    policy = retry_policy.RetryPolicy(statuses or retry_file.RETRYABLE, max_attempts)
+    writer = retry_file.RetryWriter(str(tmp_path / "retry.jsonl"), policy, raise_tokens)
     with results_io.results_writer(str(out), fmt) as w:
         def on_record(chosen):
             w.write(chosen.record)
-            writer.add(chosen.record, chosen.request_line())
+            writer.consider(chosen.record, chosen.request_line)
         summary = reconcile.reconcile(sources, on_record)
     retry_path = writer.commit()
     if fmt == "jsonl":
@@ -78,7 +78,7 @@ def test_out_of_order_output_is_joined_in_input_order(tmp_path):
     assert summary.counts["ok"] == 6 and retry is None
     assert summary.usage == {"prompt_tokens": 18, "completion_tokens": 12, "total_tokens": 30}
     assert set(recs[0]) == {"custom_id", "status", "content", "finish_reason", "usage",
-                            "error", "batch_id"}
+                            "error", "batch_id", "attempts"}
     assert recs[0]["batch_id"] == "batch-a"
 
 
@@ -125,15 +125,16 @@ def test_error_messages_json_text_and_plain_text(tmp_path):
                           "message": "upstream exploded"}
     assert n["error"]["type"] == "Timeout" and n["error"]["message"] == "took too long"
     assert summary.counts["error"] == 3
+    assert (j["retriable"], t["retriable"], n["retriable"]) == (False, True, True)
     lines = Path(retry).read_text().splitlines()
-    assert [json.loads(x)["custom_id"] for x in lines] == ["j", "t", "n"]
+    assert [json.loads(x)["custom_id"] for x in lines] == ["t", "n"], "a 400 is not retried"
 
 
 def test_output_line_with_http_error_status_is_an_error(tmp_path):
     line = {"id": "x", "custom_id": "a", "error": None, "response": {
         "status_code": 429, "body": {"error": {"message": "slow down"}}}}
     _, recs, _ = run([source(tmp_path, "h", [chat_req("a", "x")], [line])], tmp_path)
-    assert recs[0]["status"] == "error"
+    assert recs[0]["status"] == "error" and recs[0]["retriable"] is True  # 429: try again
     assert recs[0]["error"]["status_code"] == 429 and recs[0]["error"]["message"] == "slow down"
 
 
@@ -313,7 +314,8 @@ def test_csv_writer(tmp_path):
 def test_token_raise_parsing():
     assert retry_file.TokenRaise.parse("2x") == retry_file.TokenRaise(factor=2.0)
     assert retry_file.TokenRaise.parse("4096") == retry_file.TokenRaise(absolute=4096)
-    assert retry_file.TokenRaise.parse(None) is None
+    assert retry_file.TokenRaise.parse(None) == retry_file.TokenRaise(factor=2.0)  # default
+    assert retry_file.TokenRaise.parse("same") is None
     for bad in ("0", "1x", "abc", "-5"):
         with pytest.raises(InputError):
             retry_file.TokenRaise.parse(bad)
@@ -379,3 +381,61 @@ def test_a_request_that_never_ran_because_its_batch_expired_is_missing_not_faile
     assert "completion window" in rec["error"]["message"]
     line["error"]["code"] = None
     assert reconcile.classify("error", line, None, "/v1/chat/completions")["status"] == "error"
+
+
+# --- the retry policy: attempts over jobs, what is worth retrying, what is given up --------
+
+def test_attempts_count_the_jobs_that_sent_a_request_and_the_policy_gives_up(tmp_path):
+    reqs = [chat_req("busy", "x"), chat_req("bad", "y"), chat_req("fine", "z")]
+    busy = json.dumps({"type": "RetriableHttpStatus", "details": {"status": 503, "body": "x"}})
+    bad = json.dumps({"type": "NonRetriableHttpStatus", "details": {"status": 422, "body": "no"}})
+    jobs = [source(tmp_path, "j0", reqs, [chat_ok("fine", "ECHO z")],
+                   [err_line("busy", busy), err_line("bad", bad)], job=0)]
+    jobs += [source(tmp_path, f"j{n}", reqs[:1], [], [err_line("busy", busy)], job=n)
+             for n in (1, 2)]
+    # after two jobs: busy was sent twice (< 3): retried; bad is given up at once
+    summary, recs, retry = run(jobs[:2], tmp_path)
+    assert [(r["custom_id"], r["attempts"], r.get("retriable")) for r in recs] == [
+        ("busy", 2, True), ("bad", 1, False), ("fine", 1, None)]
+    assert [json.loads(x)["custom_id"] for x in Path(retry).read_text().splitlines()] == \
+        ["busy"]
+    # after three: busy is given up too; nothing is left to retry
+    policy = retry_policy.RetryPolicy(retry_file.RETRYABLE, 3)
+    writer = retry_file.RetryWriter(str(tmp_path / "r3.jsonl"), policy)
+    reconcile.reconcile(jobs, lambda c: writer.consider(c.record, c.request_line))
+    assert writer.commit() is None and policy.gave_up == 2
+    reasons = {e["reason"]: (e["count"], e["custom_ids"]) for e in policy.reasons_list()}
+    assert reasons == {
+        "failed every time it was sent (3 attempts): the model server or the network kept "
+        "failing": (1, ["busy"]),
+        "rejected by the model server (HTTP 422): the request itself is refused, so sending "
+        "it again would fail the same way": (1, ["bad"])}
+    lines = retry_policy.describe(policy.reasons_list())
+    assert any(line.startswith("1 request: rejected") and "custom_id bad" in line
+               for line in lines)
+
+
+@pytest.mark.parametrize("error,retriable", [
+    ({"type": "NonRetriableHttpStatus", "status_code": 400}, False),
+    ({"type": "RetriableHttpStatus", "status_code": 404}, True),  # the server retried it
+    ({"type": None, "status_code": 413}, False),
+    ({"type": "HttpStatus", "status_code": 408}, True),
+    ({"type": "HttpStatus", "status_code": 429}, True),
+    ({"type": "Timeout", "status_code": None}, True),
+    ({"type": None, "status_code": 500}, True),
+])
+def test_which_errors_are_retriable(error, retriable):
+    assert retry_policy.is_retriable({"status": "error", "error": error}) is retriable
+    for status in ("truncated", "invalid_json", "schema_invalid", "missing"):
+        assert retry_policy.is_retriable({"status": status, "error": error}) is True
+
+
+def test_given_up_ids_are_capped_at_ten_per_reason():
+    policy = retry_policy.RetryPolicy(retry_file.RETRYABLE, 1)
+    for i in range(13):
+        assert policy.decide({"custom_id": f"t{i}", "status": "truncated", "attempts": 1,
+                              "retriable": True}) == "give_up"
+    assert policy.decide({"custom_id": "p", "status": "pending"}) is None
+    (entry,) = policy.reasons_list()
+    assert entry["count"] == 13 and entry["custom_ids"] == [f"t{i}" for i in range(10)]
+    assert retry_policy.describe([entry])[0].endswith("t9 and 3 more)")

@@ -170,3 +170,51 @@ def test_terminal_line_rewrites_itself_only_on_a_terminal():
         line.finish()  # ends the line once
     assert tty.getvalue() == "\r\x1b[2K1/2\r\x1b[2K2/2\n"
     assert pipe.getvalue() == ""
+
+
+# --- `next` names the interpreter that ran the script ---------------------------------------
+
+def test_next_starts_with_python3_only_when_path_finds_this_very_interpreter(tmp_path):
+    """Run a script with a venv's python: `python3` on PATH from another folder is another
+    interpreter (other packages) even when it links to the same binary."""
+    import subprocess
+    import sys
+
+    from conftest import SCRIPTS
+
+    venv_bin = os.path.dirname(os.path.abspath(sys.executable))
+    elsewhere = tmp_path / "bin"
+    elsewhere.mkdir()
+    (elsewhere / "python3").symlink_to(os.path.realpath(sys.executable))
+    (tmp_path / "in.txt").write_text("hello\n")
+
+    def next_of(path_dirs: list[str]) -> str:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DOUBLEWORD_")}
+        env["PATH"] = os.pathsep.join(path_dirs + ["/usr/bin", "/bin"])
+        proc = subprocess.run(
+            [sys.executable, str(SCRIPTS / "create_batch_file.py"), "in.txt", "-o", "b.jsonl",
+             "--model", "m", "--json"], cwd=tmp_path, env=env, capture_output=True, text=True)
+        return json.loads(proc.stdout)["next"]
+
+    if os.path.exists(os.path.join(venv_bin, "python3")):
+        assert next_of([venv_bin]).startswith("python3 "), "same folder, same binary"
+    assert next_of([str(elsewhere)]).startswith(os.path.abspath(sys.executable) + " ")
+    assert cli.same_interpreter("/v/bin/python3", "/v/bin/../bin/python3")
+    assert not cli.same_interpreter(str(elsewhere / "python3"), sys.executable)
+
+
+def test_exit_7_and_130_give_the_same_command_again_as_next(capsys, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["/x/scripts/poll.py", "a.job.json", "--json"])
+
+    def unavailable(_):
+        raise errors.DWError("down", code="unavailable", exit_code=errors.UNAVAILABLE)
+
+    def interrupted(_):
+        raise KeyboardInterrupt
+
+    for work, code in ((unavailable, 7), (interrupted, 130)):
+        assert cli.run(work, _parser(), ["--json"]) == code
+        out = json.loads(capsys.readouterr().out)
+        assert out["exit_code"] == code
+        assert out["next"].endswith("poll.py a.job.json --json"), out
+        assert out["next"].split()[0] in ("python3", cli.interpreter())

@@ -156,10 +156,28 @@ def test_render_line_running_and_done():
     assert "ETA" not in done and "10/10 done (100%)" in done
 
 
-def test_recheck_after_is_half_the_eta_within_a_minute_and_an_hour():
+def test_recheck_is_half_the_eta_within_30_s_and_an_hour_else_backs_off_from_a_minute():
     from dwbatch.polling import recheck_after
-
-    assert recheck_after(None) == 600
-    assert recheck_after(30) == 60
+    assert [recheck_after(None, stalled) for stalled in range(6)] == [60, 120, 240, 480, 900,
+                                                                      900]
+    assert recheck_after(10) == 30
+    assert recheck_after(100) == 50
     assert recheck_after(1800) == 900
     assert recheck_after(20 * 3600) == 3600
+
+
+def test_first_look_eta_from_the_batchs_own_counts_and_timestamps():
+    b = batch("in_progress", total=100, completed=20, failed=5, output_file_id="o")
+    b.update(created_at=900, in_progress_at=1000)
+    assert status.eta_from_timestamps(b, 1050.0) == pytest.approx(150.0)  # 25 in 50 s
+    b.pop("in_progress_at")
+    assert status.eta_from_timestamps(b, 1050.0) == pytest.approx(450.0)  # since created_at
+    assert status.eta_from_timestamps(batch("in_progress", total=100), 1050.0) is None
+    view = status.batch_view(dict(b, in_progress_at=1000), [[1050.0, 25, 100]], 1050.0)
+    assert view["eta_seconds"] == 150.0
+    # two samples that saw no progress: no ETA, and the stall is counted
+    assert status.batch_view(b, [[1000.0, 25, 100], [1050.0, 25, 100]], 1050.0)[
+        "eta_seconds"] is None
+    assert status.stalled_checks([[1, 5, 9], [2, 5, 9], [3, 5, 9]]) == 2
+    assert status.stalled_checks([[1, 4, 9], [2, 5, 9], [3, 5, 9]]) == 1
+    assert status.stalled_checks([[1, 5, 9]]) == 0

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import shlex
+import shutil
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -61,11 +62,41 @@ def display_path(path: str) -> str:
     return rel if not rel.startswith("..") else os.path.abspath(path)
 
 
+def same_interpreter(a: str, b: str) -> bool:
+    """Two interpreter paths are one interpreter: the same absolute path, or two names in the
+    same folder for the same binary (a venv's `python` and `python3`). Symlinks are not
+    followed across folders: a venv's python links to the system binary but has other
+    packages."""
+    a, b = os.path.abspath(a), os.path.abspath(b)
+    if a == b:
+        return True
+    return os.path.dirname(a) == os.path.dirname(b) and os.path.realpath(a) == os.path.realpath(b)
+
+
+def interpreter() -> str:
+    """How `next` names the Python running this script: `python3` when that is what PATH
+    finds, else the absolute path (so an agent in a venv stays in it)."""
+    running = sys.executable
+    if not running:
+        return "python3"
+    on_path = shutil.which("python3")
+    if on_path and same_interpreter(on_path, running):
+        return "python3"
+    return os.path.abspath(running)
+
+
 def script_command(script: str, *args: str) -> str:
-    """A copy-pasteable command line for another script of this skill."""
+    """A copy-pasteable command line for another script of this skill, run by this Python."""
     here = os.path.dirname(os.path.abspath(sys.argv[0])) if sys.argv and sys.argv[0] else ""
     path = display_path(os.path.join(here, script)) if here else os.path.join("scripts", script)
-    return " ".join(["python3", shlex.quote(path), *(shlex.quote(a) for a in args)])
+    return " ".join([shlex.quote(interpreter()), shlex.quote(path),
+                     *(shlex.quote(a) for a in args)])
+
+
+def same_command() -> str:
+    """This very command line again (the `next` of exit 7 and 130: safe to re-run)."""
+    return script_command(os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0]
+                          else "script.py", *sys.argv[1:])
 
 
 def envelope(ok: bool, exit_code: int, fields: dict, next_cmd: str | None,
@@ -83,8 +114,11 @@ def next_for_mode(command: str | None, json_mode: bool) -> str | None:
     """The `next` command in the caller's own mode: with --json when they used it, else without."""
     if not command:
         return command
-    words = [w for w in command.split(" ") if w != "--json"]
-    return " ".join(words + ["--json"] if json_mode else words)
+    parts = []
+    for part in command.split(" && "):  # several commands (one per job family)
+        words = [w for w in part.split(" ") if w != "--json"]
+        parts.append(" ".join(words + ["--json"] if json_mode else words))
+    return " && ".join(parts)
 
 
 def _print_json(obj: dict) -> None:
@@ -194,7 +228,10 @@ def _internal_error(args: argparse.Namespace, exc: BaseException) -> int:
 
 def _report_error(args: argparse.Namespace, exc: errors.DWError) -> int:
     json_mode = getattr(args, "json", False)
-    next_cmd = next_for_mode(exc.next, json_mode)
+    again = exc.next
+    if again is None and exc.exit_code in (errors.UNAVAILABLE, errors.INTERRUPTED):
+        again = same_command()  # nothing is lost: the same command continues
+    next_cmd = next_for_mode(again, json_mode)
     if json_mode:
         err = {"code": exc.code, "message": redact(exc.message), "hint": redact(exc.hint or "")}
         _print_json(envelope(False, exc.exit_code, exc.extra, next_cmd, err))

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import cli, errors, jobfile, status
+from . import cli, errors, families, jobfile, status
 
 START_INTERVAL = 2.0
 GROWTH = 1.5
@@ -419,7 +419,7 @@ def report(tracker: Tracker, waited: WaitOutcome | None, raw_targets: list[str])
             lines.append(status.render_batch_line(view))
             lines.extend(f"  note: {n}" for n in view["notes"])
     agg_all = status.aggregate(all_views)
-    recheck = recheck_after(agg_all["eta_seconds"]) if code == errors.NOT_FINISHED else None
+    recheck = check_again_in(tracker, views) if code == errors.NOT_FINISHED else None
     hint, next_cmd = advice(code, raw_targets, tracker, waited, recheck)
     fields = {
         "state": agg_all["state"],
@@ -446,27 +446,51 @@ def report(tracker: Tracker, waited: WaitOutcome | None, raw_targets: list[str])
     return cli.Result(fields, "\n".join(lines), code, next_cmd)
 
 
-def recheck_after(eta: float | None) -> int:
-    """When an agent should look again: half the ETA, kept between 1 minute and 1 hour
-    (10 minutes while the ETA is unknown). Checking more often only spends calls."""
+RECHECK_MIN, RECHECK_MAX = 30, 3600
+STALLED_FIRST, STALLED_MAX = 60, 900
+
+
+def recheck_after(eta: float | None, stalled: int = 0) -> int:
+    """When an agent should look again at one running batch: half the ETA, kept between 30 s
+    and 1 hour; with no progress to measure, 60 s, doubling with each check that saw nothing
+    move, at most 15 minutes. Checking more often only spends calls."""
     if eta is None:
-        return 600
-    return int(min(3600, max(60, eta / 2)))
+        return int(min(STALLED_MAX, STALLED_FIRST * 2 ** min(stalled, 10)))
+    return int(min(RECHECK_MAX, max(RECHECK_MIN, eta / 2)))
+
+
+def check_again_in(tracker: Tracker, views: dict[str, dict]) -> int | None:
+    """The soonest recheck over the running batches (None when none is running)."""
+    soonest = None
+    for batch_id, view in views.items():
+        if view["outcome"] != status.RUNNING:
+            continue
+        samples = tracker.samples.get(batch_id)
+        wait = recheck_after(view["eta_seconds"], status.stalled_checks(samples))
+        soonest = wait if soonest is None else min(soonest, wait)
+    return soonest
+
+
+def fetch_commands(targets: list[Target]) -> str:
+    """One fetch command per family (an original job and its retry jobs), joined with &&:
+    results of unrelated jobs must never be merged (dwbatch.families)."""
+    return " && ".join(cli.script_command("fetch_results.py", *(t.arg for t in group), "--json")
+                       for group in families.groups(targets))
 
 
 def advice(code: int, raw_targets: list[str], tracker: Tracker,
            waited: WaitOutcome | None, recheck: int | None = None) -> tuple[str, str]:
     """(what it means, the next command) for an exit code."""
     poll_cmd = cli.script_command("poll.py", *raw_targets, "--json")
-    fetch_cmd = cli.script_command("fetch_results.py", *raw_targets, "--json")
+    fetch_cmd = fetch_commands(tracker.targets)
     if waited is not None and waited.interrupted:
         return ("interrupted: nothing was cancelled; check again with the next command",
                 poll_cmd)
     if code == errors.NOT_FINISHED:
         return ("not finished yet: run the next command again in about "
-                f"{status.format_duration(recheck or 600)} (do other work meanwhile, or end your"
-                " turn and resume with it; no need to sleep in a loop). fetch_results.py can"
-                " already save partial results", poll_cmd)
+                f"{status.format_duration(recheck or STALLED_FIRST)} (do other work meanwhile,"
+                " or end your turn and resume with it; no need to sleep in a loop)."
+                " fetch_results.py can already save partial results", poll_cmd)
     if code == errors.OK:
         return "all batches completed with no failed requests: fetch the results", fetch_cmd
     if code == errors.PARTIAL_FAILURE:

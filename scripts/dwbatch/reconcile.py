@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import jsonschema
 
 from .errors import InputError
+from .retry_policy import NOT_RETRIED, is_retriable
 
 STATUSES = ("ok", "error", "truncated", "invalid_json", "schema_invalid", "pending", "missing")
 
@@ -713,13 +714,23 @@ def reconcile(sources: list[Source], on_record: Callable[[Chosen], None],
                 else:
                     summary.superseded += 1
             rec, source, in_off, in_len = best
-            record = {"custom_id": group[0][1], **rec, "batch_id": source.batch_id}
+            record = {"custom_id": group[0][1], **rec, "batch_id": source.batch_id,
+                      "attempts": _attempts(group, sources)}
+            if record["status"] not in NOT_RETRIED:
+                record["retriable"] = is_retriable(record)
             _count(summary, record, source)
             on_record(Chosen(record, source, in_off, in_len, reader))
     finally:
         reader.close()
         index.close()
     return summary
+
+
+def _attempts(group: list[tuple], sources: list[Source]) -> int:
+    """How many of the given jobs sent this request (an original and its retry jobs)."""
+    if len(group) == 1:
+        return 1
+    return len({sources[row[2]].job for row in group})
 
 
 def _count(summary: Summary, record: dict, source: Source) -> None:

@@ -92,8 +92,8 @@ def reconcile_to_files(sources, results_path: str, fmt: str, retry_writer=None,
         with results_writer(results_path, fmt) as out:
             def on_record(chosen):
                 out.write(chosen.record)
-                if retry_writer is not None and retry_writer.wants(chosen.record):
-                    retry_writer.add(chosen.record, chosen.request_line())
+                if retry_writer is not None:
+                    retry_writer.consider(chosen.record, chosen.request_line)
 
             summary = reconcile(sources, on_record, tmp_dir=tmp_dir, progress=progress)
     except BaseException:

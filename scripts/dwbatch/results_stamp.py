@@ -26,7 +26,7 @@ from .fsutil import write_json_atomic
 
 STAMP_VERSION = 2
 # The modules whose code decides the bytes of the results and retry files.
-_JOIN_MODULES = ("reconcile.py", "results_io.py", "retry_file.py")
+_JOIN_MODULES = ("reconcile.py", "results_io.py", "retry_file.py", "retry_policy.py")
 
 
 def stamp_path(results_path: str) -> str:

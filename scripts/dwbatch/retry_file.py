@@ -1,13 +1,16 @@
-"""The retry file: the original request lines of every record that needs another try.
+"""The retry file: the original request lines of every record worth another try.
 
 The lines are copied byte for byte from the submitted input (so custom_ids stay the same and a
-later fetch of original + retry job merges them), except that `truncated` requests can get a
-larger token limit. The file is a plain batch file that submit.py accepts.
+later fetch of original + retry job merges them), except that `truncated` requests get a
+larger token limit (twice the old one unless told otherwise: the same limit would cut the
+answer again). Which records go in is the retry policy's call (dwbatch.retry_policy). The file
+is a plain batch file that submit.py accepts.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -16,6 +19,7 @@ from dataclasses import dataclass, field
 from .errors import InputError
 from .fsutil import atomic_open
 from .reconcile import endpoint_of, usage_numbers
+from .retry_policy import RetryPolicy
 
 RETRYABLE = ("error", "truncated", "invalid_json", "schema_invalid", "missing")
 
@@ -42,9 +46,12 @@ class TokenRaise:
 
     @classmethod
     def parse(cls, text: str | None) -> TokenRaise | None:
-        if not text:
-            return None
+        """'2x', '4096', 'same' (copy unchanged); None (not given) means the default 2x."""
+        if text is None:
+            return DEFAULT_TOKEN_RAISE
         t = text.strip().lower()
+        if t == "same":
+            return None
         try:
             if t.endswith("x"):
                 factor = float(t[:-1])
@@ -59,7 +66,11 @@ class TokenRaise:
         raise InputError(
             f"--truncated-max-tokens: {text!r} is neither a factor above 1 (e.g. 2x) nor a "
             "positive token count (e.g. 4096)",
-            hint="example: --truncated-max-tokens 2x")
+            hint="examples: --truncated-max-tokens 2x, --truncated-max-tokens 4096, "
+                 "--truncated-max-tokens same (copy the lines unchanged)")
+
+
+DEFAULT_TOKEN_RAISE = TokenRaise(factor=2.0)
 
 
 def _token_field(endpoint: str, body: dict) -> str:
@@ -95,9 +106,11 @@ class RetryWriter:
     """Streams retry lines into `path` atomically; with no line, no file (a stale one goes)."""
 
     path: str
-    statuses: tuple[str, ...] = RETRYABLE
-    raise_tokens: TokenRaise | None = None
+    policy: RetryPolicy
+    raise_tokens: TokenRaise | None = DEFAULT_TOKEN_RAISE
     counts: dict = field(default_factory=dict)  # lines written, per status
+    sha256: str | None = None
+    _digest: object = None
     _stack: contextlib.ExitStack | None = None
     _f: object = None
     _kept: bool = False
@@ -106,18 +119,21 @@ class RetryWriter:
     def lines(self) -> int:
         return sum(self.counts.values())
 
-    def wants(self, record: dict) -> bool:
-        return record["status"] in self.statuses
+    def consider(self, record: dict, request_line) -> None:
+        """Ask the policy about one record; write its request line when it is to be retried.
+        `request_line()` gives the original line (read only when needed)."""
+        if self.policy.decide(record) == "retry":
+            self.add(record, request_line())
 
     def add(self, record: dict, line: bytes) -> None:
-        if not self.wants(record):
-            return
         if self._f is None:
             self._stack = contextlib.ExitStack()
             self._f = self._stack.enter_context(atomic_open(self.path, "wb"))
+            self._digest = hashlib.sha256()
         if record["status"] == "truncated" and self.raise_tokens is not None:
             line = raise_max_tokens(line, record, self.raise_tokens)
         self._f.write(line + b"\n")
+        self._digest.update(line + b"\n")
         self.counts[record["status"]] = self.counts.get(record["status"], 0) + 1
 
     def keep(self, counts: dict) -> None:
@@ -130,6 +146,7 @@ class RetryWriter:
         if self._stack is not None:
             self._stack.close()
             self._stack = None
+            self.sha256 = self._digest.hexdigest()
             return self.path
         if self._kept and self.lines:
             return self.path

@@ -154,6 +154,33 @@ def eta_seconds(samples: list | None, now: float | None = None) -> float | None:
     return eta
 
 
+def eta_from_timestamps(batch: dict, now: float) -> float | None:
+    """The ETA a first look can give, with no earlier sample: the batch's own rate so far
+    (requests done since `in_progress_at`, else since `created_at`). None with nothing done
+    yet or no usable timestamp."""
+    counts = request_counts(batch)
+    done, total = counts["completed"] + counts["failed"], counts["total"]
+    started = batch.get("in_progress_at") or batch.get("created_at")
+    try:
+        elapsed = now - float(started)
+    except (TypeError, ValueError):
+        return None
+    if done <= 0 or elapsed <= 0 or total <= 0:
+        return None
+    return max(0, total - done) / (done / elapsed)
+
+
+def stalled_checks(samples: list | None) -> int:
+    """How many checks in a row (after the first) saw no progress at the end of the history."""
+    history = [s for s in (samples or []) if _valid_sample(s)]
+    still = 0
+    for older, newer in zip(reversed(history[:-1]), reversed(history[1:]), strict=True):
+        if newer[1] > older[1]:
+            break
+        still += 1
+    return still
+
+
 def seconds_until(timestamp, now: float) -> float | None:
     """Seconds from now to a Unix timestamp (negative when past), or None when absent."""
     if timestamp is None:
@@ -185,9 +212,13 @@ def batch_view(batch: dict, samples: list | None, now: float) -> dict:
     done = counts["completed"] + counts["failed"]
     total = counts["total"]
     running = outcome_of(batch) == RUNNING
-    eta = eta_seconds(samples, now) if running else None
-    if running and eta is None and done >= total > 0:
-        eta = 0.0
+    eta = None
+    if running:
+        eta = eta_seconds(samples, now)
+        if eta is None and len(samples or []) < 2:
+            eta = eta_from_timestamps(batch, now)
+        if eta is None and done >= total > 0:
+            eta = 0.0
     expires_in = window_left(batch, now)
     return {
         "batch_id": batch.get("id"),

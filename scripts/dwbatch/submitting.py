@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
-from . import cli, errors, jobfile, limits, models, pilot
+from . import cli, errors, jobfile, limits, models, pilot, provenance
 from .client import AmbiguousOutcome, APIError, Client
 from .config import resolve_base_url, settings_from_args
 
@@ -442,6 +442,16 @@ def _create_options_changed(job: dict, opts: SubmitOptions) -> str | None:
         return (f"this job's batches were created with --metadata {shown or '(none)'}; "
                 "metadata cannot change once a batch exists")
     return None
+
+
+def record_provenance(job: dict, report, job_path: str) -> None:
+    """Copy what the inputs' records say (dwbatch.provenance) into the job: the user's
+    input behind a built file (`source`, for the table) and the job a retry file came from
+    (`origin`, its family)."""
+    found = provenance.for_job([(f.path, f.sha256) for f in report.files], job_path)
+    for key in ("source", "origin"):
+        if key in found:
+            job[key] = found[key]
 
 
 def place_shards(plan: list[ShardPlan], job: dict, job_path: str) -> None:
@@ -879,6 +889,7 @@ def _submit(opts: SubmitOptions, args, paths: list[str], first_input: str, base_
                 job["pilot"] = pilot.pilot_record(job_path, pilot_info["paths"],
                                                   pilot_info["full_requests"],
                                                   pilot_info["pilot_requests"])
+            record_provenance(job, report, job_path)
             place_shards(plan, job, job_path)
             _save(job_path, job)
             client = (client_factory or Client)(settings)

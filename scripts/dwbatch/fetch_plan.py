@@ -1,0 +1,151 @@
+"""What one fetch_results.py run reads and writes, decided before anything is downloaded.
+
+The paths (results, retry file, raw folders, the user's table), which raw folder belongs to
+which job, the sources the join reads (one per batch), the batch statuses recorded last time
+(for --offline), and retry jobs that exist beside the first job but were not given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from . import cli, download, errors, jobfile, polling, reconcile, results_io, status
+
+
+class Plan:
+    """Paths this run reads and writes, decided before anything is downloaded."""
+
+    def __init__(self, args: argparse.Namespace, targets: list[polling.Target]) -> None:
+        first = targets[0]
+        if first.job_path:
+            base_dir = os.path.dirname(os.path.abspath(first.job_path))
+            stem = jobfile.job_stem(first.job_path)
+        else:
+            base_dir, stem = os.getcwd(), first.entries[0].batch_id
+        self.base_dir, self.stem = base_dir, stem
+        self.format = args.format or results_io.format_from_path(args.output)
+        self.results = args.output or os.path.join(base_dir, f"{stem}.results.{self.format}")
+        self.taken = inputs_of(targets)
+        self.default_raw = args.raw_dir or os.path.join(base_dir, f"{stem}.raw")
+        self.raw_dirs = {}
+        for target in targets:
+            if args.raw_dir or not target.job_path:
+                self.raw_dirs[target.arg] = self.default_raw
+            else:
+                self.raw_dirs[target.arg] = os.path.join(
+                    os.path.dirname(os.path.abspath(target.job_path)),
+                    jobfile.job_stem(target.job_path) + ".raw")
+        self.retry = self._retry_path(args.retry_file)
+        for what, path in (("-o", self.results), ("--retry-file", self.retry)):
+            if os.path.abspath(path) in self.taken:
+                raise errors.InputError(
+                    f"{what} {path} is the input file of a submitted job: writing there would "
+                    "destroy the requests its results are joined to",
+                    hint=f"choose another path for {what}")
+        if os.path.abspath(self.results) == os.path.abspath(self.retry):
+            raise errors.InputError(f"-o and --retry-file are the same file ({self.results})",
+                                    hint="give them different paths")
+
+    def _retry_path(self, given: str | None) -> str:
+        if given:
+            return given
+        n = 1
+        while True:
+            path = os.path.join(self.base_dir, retry_name(self.stem, n))
+            if os.path.abspath(path) not in self.taken and \
+                    not os.path.exists(jobfile.default_job_path(path)):
+                return path
+            n += 1
+
+
+def retry_name(stem: str, n: int) -> str:
+    """The n-th retry file of a job: PROMPTS.retry.jsonl, PROMPTS.retry2.jsonl, ..."""
+    return f"{stem}.retry.jsonl" if n == 1 else f"{stem}.retry{n}.jsonl"
+
+
+def inputs_of(targets: list[polling.Target]) -> set[str]:
+    taken = set()
+    for target in targets:
+        if target.job:
+            for item in list(target.job["shards"]) + list(target.job["inputs"]):
+                taken.add(jobfile.abs_path(target.job_path, item["path"]))
+    return taken
+
+
+def sibling_retry_jobs(targets: list[polling.Target]) -> list[str]:
+    """Retry jobs of the first job that exist beside it but were not given."""
+    first = targets[0]
+    if not first.job_path:
+        return []
+    given = {os.path.abspath(t.job_path) for t in targets if t.job_path}
+    base = os.path.dirname(os.path.abspath(first.job_path))
+    stem = jobfile.job_stem(first.job_path)
+    found = []
+    for n in range(1, 20):
+        path = jobfile.default_job_path(os.path.join(base, retry_name(stem, n)))
+        if not os.path.exists(path):
+            break
+        if path not in given:
+            found.append(cli.display_path(path))
+    return found
+
+
+def _recorded_batch(target: polling.Target, entry: polling.Entry, plan: Plan) -> dict:
+    """The batch as last recorded (for --offline)."""
+    if target.job:
+        shard = jobfile.shard_by_index(target.job, entry.shard)
+        return {"id": entry.batch_id, "status": shard.get("status")}
+    raw_dir = plan.raw_dirs[target.arg]
+    state = download.SidecarStore(download.raw_paths(raw_dir, entry.batch_id)["state"]).load()
+    if not state:
+        raise errors.InputError(
+            f"--offline: nothing was downloaded yet for batch {entry.batch_id} in {raw_dir}",
+            hint="run once without --offline")
+    return {"id": entry.batch_id, "status": state.get("batch_status")}
+
+
+def store_for(target: polling.Target, entry: polling.Entry, raw_dir: str
+               ) -> download.StateStore:
+    if target.job_path:
+        return download.JobShardStore(target.job_path, entry.shard)
+    return download.SidecarStore(download.raw_paths(raw_dir, entry.batch_id)["state"])
+
+
+def recorded_batches(plan: Plan, targets: list[polling.Target]) -> dict:
+    batches = {}
+    for target in targets:
+        for entry in target.entries:
+            batches[entry.batch_id] = _recorded_batch(target, entry, plan)
+    return batches
+
+
+def _effective_status(batch: dict) -> str | None:
+    """The status that decides pending vs missing: a batch stuck `cancelling` since it was
+    validating never ran anything, so it counts as cancelled."""
+    if status.cancelled_while_validating(batch):
+        return "cancelled"
+    return batch.get("status")
+
+
+def sources(plan: Plan, targets: list[polling.Target], batches: dict) -> list:
+    sources = []
+    for job_no, target in enumerate(targets):
+        raw_dir = plan.raw_dirs[target.arg]
+        for entry in target.entries:
+            paths = download.raw_paths(raw_dir, entry.batch_id)
+            batch_status = _effective_status(batches[entry.batch_id])
+            if target.job:
+                shard = jobfile.shard_by_index(target.job, entry.shard)
+                sources.append(reconcile.Source(
+                    jobfile.abs_path(target.job_path, shard["path"]), paths["output"],
+                    paths["error"], entry.batch_id, batch_status, job=job_no,
+                    label=f"{target.job_path} shard {entry.shard}",
+                    expected_sha256=shard.get("sha256")))
+            else:
+                sources.append(reconcile.Source(
+                    paths["input"], paths["output"], paths["error"], entry.batch_id,
+                    batch_status, job=job_no, label=f"batch {entry.batch_id}"))
+    return sources
+
+
