@@ -692,7 +692,8 @@ def test_batch_past_expires_at_expires_on_a_stock_server(sandbox_factory, tmp_pa
             assert "completion window" in r["error"]["message"]
     retry = [json.loads(x)["custom_id"]
              for x in (job.folder / "p.retry.jsonl").read_text().splitlines()]
-    assert retry == [r["custom_id"] for r in records if r["status"] != "ok"]
+    assert retry == [r["custom_id"] for r in records
+                     if r["status"] != "ok" and r["retriable"]], "rejected (400) ones are not"
     assert set(retry) >= expired
 
 
