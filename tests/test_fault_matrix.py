@@ -632,7 +632,7 @@ def test_batch_cancelled_half_way(sb, tmp_path):
     originals = job.input.read_text().splitlines()
     retry = (job.folder / "p.retry.jsonl").read_text().splitlines()
     assert retry == [line for line, r in zip(originals, records, strict=True)
-                     if r["status"] != "ok"]  # byte for byte, in input order
+                     if r["status"] != "ok" and r["retriable"]]  # byte for byte, in order
     assert out["next"].endswith("submit.py p.retry.jsonl --json")
     code, out = job.run("submit.py", "p.retry.jsonl")
     assert code == 0, out

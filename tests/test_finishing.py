@@ -125,7 +125,7 @@ def test_max_attempts_1_gives_up_everything_at_the_first_fetch(sb, tmp_path):
 
 TICKETS = ("ticket_id,subject,extra\n"
            "T-1,printer on fire,\n"
-           "T-2,cannot log in,[[flaky:503]]\n"
+           "T-2,cannot log in,[[outage:503]]\n"
            "T-3,refund please,\n")
 
 
