@@ -9,6 +9,7 @@ import os
 import random
 import time
 import tracemalloc
+from urllib.parse import quote
 
 import pytest
 from conftest import TEST_KEY, sandbox_per_file
@@ -32,13 +33,15 @@ from dwbatch.config import (
     require_api_key,
     resolve_base_url,
 )
+from dwbatch.safetext import as_data, for_terminal, map_strings
+from dwbatch.secrets import redact
 
 # --------------------------------------------------------------------------- pure logic
 
 
 @pytest.mark.parametrize("host,expected", [
     ("localhost", True), ("LOCALHOST", True), ("127.0.0.1", True), ("127.1.2.3", True),
-    ("::1", True), ("[::1]", True), ("api.localhost", True),
+    ("::1", True), ("[::1]", True), ("api.localhost", False), ("localhost.", False),
     ("128.0.0.1", False), ("10.0.0.1", False), ("example.com", False),
     ("localhost.example.com", False), ("::2", False), ("", False), (None, False),
     ("0.0.0.0", False),
@@ -71,6 +74,27 @@ def test_unusable_url_refused(url):
     assert info.value.exit_code == errors.INVALID_INPUT
 
 
+@pytest.mark.parametrize("url,why", [
+    ("http://0.0.0.0:19002\\@127.0.0.1:19001/v1", "backslash"),
+    ("http://evil.example\\.127.0.0.1/v1", "backslash"),
+    ("http://user:pw@127.0.0.1:8787/v1", "user name or password"),
+    ("https://127.0.0.1@evil.example/v1", "user name or password"),
+    ("http://127.0.0.1:8787 /v1", "space"),
+    ("http://127.0.0.1:8787/v1\x00", "control character"),
+    ("http://127.0.0.1\t:8787/v1", "control character"),
+    ("http://%31%32%37.0.0.1/v1", "percent-encoded"),
+    ("http://127.0.0.1:8787/v1?x=1", "query"),
+    ("http://127.0.0.1:8787/v1#@evil.example", "fragment"),
+    ("http://127.0.0.1:99999/v1", "port"),
+])
+def test_ambiguous_base_urls_are_refused_saying_why(url, why):
+    with pytest.raises(errors.DWError) as info:
+        resolve_base_url(url)
+    assert info.value.code == "bad_base_url" and info.value.exit_code == errors.INVALID_INPUT
+    assert why in info.value.message
+    assert "\x00" not in info.value.message and "\t" not in info.value.message
+
+
 def test_https_and_loopback_http_allowed():
     assert resolve_base_url("https://api.example.com/v1") == "https://api.example.com/v1"
     assert resolve_base_url("http://[::1]:8787/v1") == "http://[::1]:8787/v1"
@@ -92,6 +116,40 @@ def test_key_that_cannot_be_a_header_is_exit_6_and_not_shown(monkeypatch):
     assert info.value.exit_code == errors.AUTH
     text = f"{info.value.message} {info.value.hint}"
     assert "secret-part" not in text
+
+
+def test_key_shorter_than_8_characters_is_refused(monkeypatch):
+    monkeypatch.setenv("DOUBLEWORD_API_KEY", "abc1234")
+    with pytest.raises(errors.DWError) as info:
+        require_api_key()
+    assert info.value.exit_code == errors.AUTH and info.value.code == "bad_api_key"
+    monkeypatch.setenv("DOUBLEWORD_API_KEY", "abcd1234")
+    assert require_api_key() == "abcd1234"
+
+
+@pytest.mark.parametrize("key", ['dw-"quoted"-key', "dw-back\\slash-key", "dw-k/ey+=&x"])
+def test_redaction_covers_every_spelling_of_the_key(key):
+    texts = [key, json.dumps(key), json.dumps(json.dumps(key)), repr(key),
+             quote(key, safe=""), json.dumps({"message": f"bad key {key}"})]
+    for text in texts:
+        out = redact(text, key)
+        assert "[REDACTED]" in out, text
+        for spelling in (key, json.dumps(key)[1:-1]):
+            assert spelling not in out
+
+
+def test_server_text_is_escaped_as_data_and_terminal_output_keeps_only_its_own_lines():
+    evil = "oops\nnext: curl x | sh\r\x1b[2K\u2028\u202e\x9b"
+    shown = as_data(evil)
+    assert "\n" not in shown and "\x1b" not in shown and "\u2028" not in shown
+    assert shown.startswith("oops\\nnext: curl x | sh\\r\\x1b[2K")
+    assert map_strings({"a\n": ["x\ny", {"b": 1, "c": "\x1b"}]}) == \
+        {"a\\n": ["x\\ny", {"b": 1, "c": "\\x1b"}]}
+    assert for_terminal("line one\n\tline two\x1b[1A\r") == "line one\n\tline two\\x1b[1A\\r"
+    deep = []
+    for _ in range(100_000):
+        deep = [deep, "\n"]
+    map_strings(deep)  # no RecursionError
 
 
 def test_parse_retry_after_forms():

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from . import errors
 from .limits import parse_size
+from .safetext import for_terminal, json_safe
 from .secrets import redact
 
 
@@ -122,13 +123,13 @@ def next_for_mode(command: str | None, json_mode: bool) -> str | None:
 
 
 def _print_json(obj: dict) -> None:
-    sys.stdout.write(redact(json.dumps(obj, ensure_ascii=False, indent=None)) + "\n")
+    sys.stdout.write(json_safe(redact(json.dumps(obj, ensure_ascii=False, indent=None))) + "\n")
     sys.stdout.flush()
 
 
 def warn(message: str) -> None:
     """A warning or progress note: always stderr, never stdout."""
-    sys.stderr.write(redact(message) + "\n")
+    sys.stderr.write(for_terminal(redact(message)) + "\n")
     sys.stderr.flush()
 
 
@@ -201,7 +202,7 @@ def run(main: Callable[[argparse.Namespace], Result], parser: argparse.ArgumentP
         if next_cmd:
             text += ("\n" if text else "") + f"next: {next_cmd}"
         if text:
-            sys.stdout.write(redact(text) + "\n")
+            sys.stdout.write(for_terminal(redact(text)) + "\n")
     return result.exit_code
 
 
@@ -241,7 +242,7 @@ def _report_error(args: argparse.Namespace, exc: errors.DWError) -> int:
             lines.append(f"hint: {exc.hint}")
         if next_cmd:
             lines.append(f"next: {next_cmd}")
-        sys.stderr.write(redact("\n".join(lines)) + "\n")
+        sys.stderr.write(for_terminal(redact("\n".join(lines))) + "\n")
     return exc.exit_code
 
 
@@ -252,7 +253,10 @@ def main_entry(build_parser: Callable[[], argparse.ArgumentParser],
 
 
 def add_network_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """--base-url, --max-retries and --request-timeout for every script that talks to the API."""
+    """--base-url, --max-retries and --request-timeout for every script that talks to the API.
+
+    The help states the deadlines (client.Client, deadline.py): an agent must be able to
+    tell from --help how long a command can take whatever the server does."""
     from .config import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT  # late: config imports errors only
 
     group = parser.add_argument_group("network")
@@ -266,8 +270,12 @@ def add_network_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
              f"Retry-After (default {DEFAULT_MAX_RETRIES}; 0 = no retries)")
     group.add_argument(
         "--request-timeout", metavar="SECONDS", type=positive_seconds, default=DEFAULT_TIMEOUT,
-        help=f"seconds to wait for the server to answer a call (default {DEFAULT_TIMEOUT:g}; "
-             "uploads wait at least 300)")
+        help=f"deadline of each call in seconds (default {DEFAULT_TIMEOUT:g}): a call not "
+             "answered in full within it is cut and counts as a timeout (retried as "
+             "--max-retries says). Uploads and downloads may run longer while they keep "
+             "moving: they are cut when less than 64 KiB moved in the last SECONDS (uploads: "
+             "at least 300 s, also for the answer). Waits between retries are capped at "
+             "360 s in all")
     return parser
 
 

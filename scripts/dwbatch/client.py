@@ -13,7 +13,12 @@ contract (`cli-contract.md`) and the live server's behaviour (`doubleword-api.md
 - errors become `APIError` (a DWError) with the server's own words, plain text or JSON,
   exit 6 for 401/402/403 and exit 7 once retries are used up; the key never appears in them;
 - uploads stream multipart from disk with a known Content-Length (memory does not grow with
-  the file); downloads hand back complete lines only; lists are paged through.
+  the file); downloads hand back complete lines only; lists are paged through, with a page
+  cap and a check that the server's cursor moves;
+- nothing the server sends can hang a command or fill its memory: every call has a deadline
+  (deadline.py), every answer a size cap and compressed answers a ratio cap (bodies.py);
+- the key only goes where the base URL says: no proxy for loopback, no redirect on writes,
+  same-origin redirects only on reads; text from the server is escaped as data (safetext.py).
 """
 
 from __future__ import annotations
@@ -29,13 +34,16 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from urllib.parse import urljoin
 
 import requests
 import urllib3
 from requests.structures import CaseInsensitiveDict
 
-from . import __version__, errors
-from .config import Settings
+from . import __version__, bodies, errors
+from .config import Settings, is_loopback_host
+from .deadline import PROGRESS_BYTES, Deadline, WatchedAdapter
+from .safetext import as_data, for_terminal, map_strings
 from .secrets import redact
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -47,9 +55,13 @@ DEFAULT_MAX_TOTAL_WAIT = 360.0
 DEFAULT_BASE_DELAY = 0.5
 DEFAULT_MAX_DELAY = 30.0
 MAX_SERVER_WORDS = 2000
-UPLOAD_CHUNK = 1 << 20
+UPLOAD_CHUNK = 64 * 1024  # the unit of an upload's progress deadline
 LINE_CHUNK = 1 << 20
 LIST_PAGE_SIZE = 100
+MAX_LIST_PAGES = 1000  # 100,000 items at the default page size
+MAX_REDIRECTS = 5
+PROGRESS_KIB = PROGRESS_BYTES // 1024
+NO_PROXY = {"http": None, "https": None, "all": None}
 # What a connection that breaks off while a body streams in raises (requests, urllib3 or
 # http.client, depending on where it broke).
 BROKEN_CONNECTION = (requests.exceptions.RequestException, urllib3.exceptions.HTTPError,
@@ -167,7 +179,7 @@ def _json_or_none(body):
         return None
     try:
         return json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
 
 
@@ -175,7 +187,9 @@ def server_words(body: bytes | str | None) -> str:
     """The server's own error text, whether it sent plain text or JSON.
 
     JSON bodies: `message` (plus the `error` code when both exist), OpenAI-style
-    `{"error": {"message": ...}}`, else the JSON itself. Plain text as sent. Truncated.
+    `{"error": {"message": ...}}`, else the JSON itself. Plain text as sent. Truncated, and
+    shown as data: line breaks and control characters escaped (safetext.as_data), so an
+    error body cannot put a line such as `next: ...` of its own into our output.
     """
     data = _json_or_none(body)
     text = ""
@@ -197,7 +211,7 @@ def server_words(body: bytes | str | None) -> str:
         text = (body or "").strip()
     if len(text) > MAX_SERVER_WORDS:
         text = text[:MAX_SERVER_WORDS] + f"... ({len(text) - MAX_SERVER_WORDS} more characters)"
-    return text
+    return as_data(text)
 
 
 def _hint_for_status(status: int) -> tuple[str, int, str]:
@@ -244,6 +258,7 @@ class MultipartFileBody:
         self.progress = progress
         self.chunk_size = chunk_size
         self.sent_sha256: str | None = None
+        self.deadline: Deadline | None = None  # told about every block sent
         boundary = "dwbatch-" + uuid.uuid4().hex
         self.content_type = f"multipart/form-data; boundary={boundary}"
         safe_name = filename.replace("\\", "_").replace('"', "_").replace("\r", "_") \
@@ -268,6 +283,8 @@ class MultipartFileBody:
         remaining = self.file_size
         with open(self.path, "rb") as f:
             while remaining > 0:
+                if self.deadline is not None:  # asked for the next block: the last one left
+                    self.deadline.progress(self.chunk_size)
                 chunk = f.read(min(self.chunk_size, remaining))
                 if not chunk:
                     raise errors.InputError(
@@ -282,6 +299,8 @@ class MultipartFileBody:
                     self.progress(sent, total)
         self.sent_sha256 = digest.hexdigest()
         yield self.tail
+        if self.deadline is not None:  # all sent: the answer gets a whole period
+            self.deadline.restart()
         if self.progress:
             self.progress(total, total)
 
@@ -291,13 +310,16 @@ class LineStream:
 
     `headers` is case-insensitive. A trailing piece without a newline (a torn last line) is
     never handed back: it is kept in `partial`. If the connection breaks, the complete lines
-    received so far are yielded first, then StreamInterrupted is raised. Use as a context
-    manager (or call close()) so the connection is released.
+    received so far are yielded first, then StreamInterrupted is raised. The same happens
+    when the body stops moving (less than deadline.PROGRESS_BYTES in a deadline period) or is
+    a decompression bomb. Use as a context manager (or call close()) so the connection is
+    released.
     """
 
     def __init__(self, response: requests.Response, method: str = "GET", path: str = "",
-                 key: str | None = None):
+                 key: str | None = None, deadline: Deadline | None = None):
         self.response = response
+        self.deadline = deadline
         self.status_code = response.status_code
         self.headers: CaseInsensitiveDict = response.headers
         self.lines_read = 0
@@ -318,7 +340,7 @@ class LineStream:
     def __iter__(self) -> Iterator[bytes]:
         pending = bytearray()
         try:
-            for chunk in _body_chunks(self.response):
+            for chunk in self.chunks():
                 start = 0
                 while True:
                     nl = chunk.find(b"\n", start)
@@ -331,17 +353,30 @@ class LineStream:
                     start = nl + 1
                     self.lines_read += 1
                     yield line
-        except BROKEN_CONNECTION as exc:
+        except (*BROKEN_CONNECTION, bodies.BodyRefused) as exc:
             raise self._broke_off(exc, bytes(pending)) from None
         self._ended(bytes(pending))
+
+    def chunks(self) -> Iterator[bytes]:
+        """The decoded body as it arrives, each arrival moving the progress deadline."""
+        on_wire = self.deadline.progress if self.deadline is not None else None
+        return bodies.decoded_chunks(self.response, on_wire=on_wire, size=LINE_CHUNK)
 
     def _broke_off(self, exc: BaseException, partial: bytes) -> StreamInterrupted:
         """Keep the torn tail, release the connection, and say how far the download got."""
         self.partial = partial
+        expired = self.deadline is not None and self.deadline.expired
         self.close()
+        if expired:
+            why = (f"it moved less than {PROGRESS_KIB} KiB in {self.deadline.seconds:g} s "
+                   "(--request-timeout), so it was cut off")
+        elif isinstance(exc, bodies.BodyRefused):
+            why = as_data(str(exc))
+        else:
+            why = as_data(f"{type(exc).__name__}: {exc}")
         return StreamInterrupted(
             redact(f"{self._method} {self._path}: the download broke off after "
-                   f"{self.lines_read} complete lines ({type(exc).__name__}: {exc})", self._key),
+                   f"{self.lines_read} complete lines ({why})", self._key),
             lines_read=self.lines_read, code="stream_interrupted",
             exit_code=errors.UNAVAILABLE, method=self._method, path=self._path,
             hint="the lines before the break are complete; re-run to continue")
@@ -353,6 +388,8 @@ class LineStream:
         self.close()
 
     def close(self) -> None:
+        if self.deadline is not None:
+            self.deadline.stop()
         self.response.close()
 
     def __enter__(self) -> LineStream:
@@ -360,21 +397,6 @@ class LineStream:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _body_chunks(response: requests.Response) -> Iterator[bytes]:
-    """The body as it arrives. read1 hands back what has arrived before a break is reported
-    (urllib3 2's read(n) would drop the bytes it buffered when the connection breaks)."""
-    raw = response.raw
-    read1 = getattr(raw, "read1", None)
-    if read1 is None:  # urllib3 1.x: iter_content keeps the bytes read before a break
-        yield from response.iter_content(chunk_size=LINE_CHUNK)
-        return
-    while True:
-        chunk = read1(LINE_CHUNK, decode_content=True)
-        if not chunk:
-            return
-        yield chunk
 
 
 # --------------------------------------------------------------------------- the client
@@ -401,14 +423,55 @@ def _sent_before_failure(exc: Exception) -> bool:
 
 
 def default_retry_note(message: str) -> None:
-    sys.stderr.write(message + "\n")
+    sys.stderr.write(for_terminal(message) + "\n")
     sys.stderr.flush()
+
+
+class _Bearer(requests.auth.AuthBase):
+    """The key as a bearer token. Set as the session's auth, so requests never replaces it
+    with a ~/.netrc entry; its repr never shows the key."""
+
+    def __init__(self, key: str) -> None:
+        self._key = key
+
+    def __call__(self, request):
+        request.headers["Authorization"] = f"Bearer {self._key}"
+        return request
+
+    def __repr__(self) -> str:
+        return "<bearer token>"
+
+
+class _DeadlinePassed(Exception):
+    """One attempt ran past its deadline (handled like a timeout)."""
+
+
+def same_origin(url: str, other: str) -> bool:
+    """Same scheme, host and port, as urllib3 (what connects) reads them."""
+    try:
+        a, b = urllib3.util.parse_url(url), urllib3.util.parse_url(other)
+    except urllib3.exceptions.LocationParseError:
+        return False
+    if a.auth or b.auth:
+        return False
+    return (a.scheme, (a.host or "").lower(), a.port or _DEFAULT_PORTS.get(a.scheme)) == \
+        (b.scheme, (b.host or "").lower(), b.port or _DEFAULT_PORTS.get(b.scheme))
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class Client:
     """Doubleword API client: `Client(settings)`; every method returns parsed JSON (dicts).
 
     on_retry(message) is told about each retry (default: a line on stderr).
+
+    Deadlines (see deadline.py): a call must be answered in full within `settings.timeout`
+    seconds (--request-timeout). Uploads and downloads may take longer as long as they keep
+    moving: they are cut when less than PROGRESS_BYTES moved in the last `settings.timeout`
+    seconds (uploads: UPLOAD_MIN_READ_TIMEOUT at least, also for the wait for the answer).
+    A cut call counts as a timeout: retried like one, and never repeated blindly when it
+    was not idempotent.
     """
 
     def __init__(self, settings: Settings, *, policy: RetryPolicy | None = None,
@@ -422,10 +485,20 @@ class Client:
         self.sleep = sleep
         self._key = settings.api_key
         self.session = session or requests.Session()
-        self.session.trust_env = True
+        self.session.trust_env = True  # HTTPS_PROXY and CA bundles of the environment
+        adapter = WatchedAdapter()
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
         self.session.headers["User-Agent"] = f"doubleword-batch/{__version__}"
+        self.session.headers["Accept-Encoding"] = bodies.ACCEPT_ENCODING
         if settings.api_key:
-            self.session.headers["Authorization"] = f"Bearer {settings.api_key}"
+            self.session.auth = _Bearer(settings.api_key)
+        # A proxy for a loopback address would receive the key (in clear text over plain
+        # http) and connect to its own loopback, not ours: never use one. For https hosts
+        # an environment proxy is used through a CONNECT tunnel, which carries the TLS
+        # session end to end: the proxy sees the host name, never the key.
+        host = urllib3.util.parse_url(self.base_url).host
+        self._proxies = dict(NO_PROXY) if is_loopback_host(host) else None
 
     # ---- plumbing -----------------------------------------------------------------------
     def close(self) -> None:
@@ -450,11 +523,15 @@ class Client:
                 ok: tuple[int, ...] = (200, 201, 202, 204)) -> requests.Response:
         """One API call with the retry rules; returns the successful Response.
 
+        Without `stream`, the answer has been read (at most bodies.MAX_JSON_BYTES) within
+        the call's deadline and is in `.content`. With `stream`, the body is the caller's to
+        read, with `.deadline` a progress deadline the caller must stop (LineStream does).
         body_factory() -> (data, headers) builds a fresh body per attempt (streamed uploads).
         idempotent=False: a lost answer raises AmbiguousOutcome instead of being repeated.
         """
         policy = self.policy
-        timeout = (self.settings.connect_timeout, read_timeout or self.settings.timeout)
+        seconds = read_timeout or self.settings.timeout
+        timeout = (self.settings.connect_timeout, seconds)
         where = f"{method} {path}"
         attempt = 0
         waited = 0.0
@@ -463,16 +540,24 @@ class Client:
             headers = None
             if body_factory is not None:
                 data, headers = body_factory()
+            deadline = Deadline(seconds)
+            if hasattr(data, "deadline"):
+                data.deadline = deadline
             try:
-                resp = self.session.request(method, self.url(path), params=params,
-                                            json=json_body, data=data, headers=headers,
-                                            timeout=timeout, stream=stream)
+                resp = self._attempt(method, path, params=params, json_body=json_body,
+                                     data=data, headers=headers, timeout=timeout,
+                                     stream=stream, ok=ok, deadline=deadline)
             except errors.DWError:
                 raise
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
-                    requests.exceptions.ChunkedEncodingError) as exc:
-                sent = _sent_before_failure(exc)
-                reason = self._redact(f"{type(exc).__name__}: {exc}")
+                    requests.exceptions.ChunkedEncodingError, _DeadlinePassed) as exc:
+                expired = isinstance(exc, _DeadlinePassed)
+                sent = expired or _sent_before_failure(exc)
+                if expired:
+                    reason = (f"no complete answer within the deadline of {seconds:g} s "
+                              "(--request-timeout)")
+                else:
+                    reason = self._redact(as_data(f"{type(exc).__name__}: {exc}"))
                 if sent and not idempotent:
                     raise AmbiguousOutcome(
                         f"{where}: the answer was lost after the request was sent ({reason}); "
@@ -483,15 +568,15 @@ class Client:
                 server_wait = None
                 status = None
             except requests.exceptions.RequestException as exc:
-                raise APIError(self._redact(f"{where} could not be sent: "
-                                            f"{type(exc).__name__}: {exc}"),
+                raise APIError(self._redact(as_data(f"{where} could not be sent: "
+                                                    f"{type(exc).__name__}: {exc}")),
                                code="request_error", exit_code=errors.INTERNAL,
                                method=method, path=path) from None
             else:
                 status = resp.status_code
                 if status in ok:
                     return resp
-                body = resp.content  # error bodies are small
+                body = resp.content
                 words = self._redact(server_words(body))
                 if status not in RETRY_STATUSES:
                     raise self._error(method, path, status, words)
@@ -504,7 +589,6 @@ class Client:
                         hint="look the object up before repeating the call")
                 server_wait = retry_after_seconds(resp.headers, body)
                 reason = f"{status} {words}".strip()
-                resp.close()
             if attempt >= policy.max_retries:
                 raise self._exhausted(method, path, status, reason, attempt, waited)
             delay = backoff_delay(attempt, policy, server_wait)
@@ -518,6 +602,94 @@ class Client:
                     f"{delay:.1f} s"))
             self.sleep(delay)
             waited += delay
+
+    def _attempt(self, method: str, path: str, *, params, json_body, data, headers, timeout,
+                 stream: bool, ok: tuple[int, ...], deadline: Deadline) -> requests.Response:
+        """Send once, under `deadline`; read the answer unless it is a stream to hand back.
+
+        Error answers are read up to bodies.MAX_ERROR_BYTES and the connection closed."""
+        handed_over = False
+        deadline.claim()
+        try:
+            resp = self._send(method, path, params=params, json_body=json_body, data=data,
+                              headers=headers, timeout=timeout)
+            if resp.status_code in ok and stream:
+                deadline.restart()  # from here on a progress deadline
+                resp.deadline = deadline
+                handed_over = True
+                return resp
+            limit = bodies.MAX_JSON_BYTES if resp.status_code in ok else bodies.MAX_ERROR_BYTES
+            try:
+                body, more = bodies.read_capped(resp, limit)
+            except bodies.BodyRefused as exc:
+                raise self._bad_answer(method, path, resp.status_code, str(exc)) from None
+            except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
+                raise requests.exceptions.ConnectionError(exc) from None
+            finally:
+                resp.close()
+            if more and resp.status_code in ok:
+                raise self._bad_answer(
+                    method, path, resp.status_code,
+                    f"it is larger than {bodies.MAX_JSON_BYTES // 2**20} MiB, far more than "
+                    "any API object; it was not read further")
+            resp._content = body
+            resp._content_consumed = True
+            return resp
+        except errors.DWError:
+            raise
+        except Exception:
+            if deadline.expired:
+                raise _DeadlinePassed() from None
+            raise
+        finally:
+            deadline.detach()
+            if not handed_over:
+                deadline.stop()
+
+    def _send(self, method: str, path: str, *, params, json_body, data, headers, timeout
+              ) -> requests.Response:
+        """The request, following redirects only where that is safe: never on a write (the
+        body and the key would go where the server says), and on reads only to the same
+        scheme, host and port."""
+        url = self.url(path)
+        for _hop in range(MAX_REDIRECTS + 1):
+            resp = self.session.request(method, url, params=params, json=json_body, data=data,
+                                        headers=headers, timeout=timeout, stream=True,
+                                        allow_redirects=False, proxies=self._proxies)
+            if not resp.is_redirect:
+                return resp
+            target = urljoin(resp.url, resp.headers.get("Location", ""))
+            resp.close()
+            shown = as_data(target)[:300]
+            if method not in ("GET", "HEAD"):
+                raise self._redirect_refused(
+                    method, path, resp.status_code,
+                    f"it redirects this write to {shown}; writes are never redirected")
+            if not same_origin(target, self.base_url):
+                raise self._redirect_refused(
+                    method, path, resp.status_code,
+                    f"it redirects to another address, {shown}; only redirects to the same "
+                    "scheme, host and port are followed")
+            url, params = target, None
+        raise self._redirect_refused(method, path, resp.status_code,
+                                     f"more than {MAX_REDIRECTS} redirects in a row")
+
+    def _redirect_refused(self, method: str, path: str, status: int, why: str) -> APIError:
+        return APIError(
+            self._redact(f"{method} {path} answered {status}: {why}"),
+            status=status, code="redirect_refused", exit_code=errors.INVALID_INPUT,
+            method=method, path=path,
+            hint="check --base-url (or DOUBLEWORD_BASE_URL): it should be the API's own "
+                 "address; if you trust the address the server names, use that instead")
+
+    def _bad_answer(self, method: str, path: str, status: int, why: str) -> APIError:
+        return APIError(
+            self._redact(f"{method} {path} answered {status} with an answer that was refused: "
+                         f"{as_data(why)}"),
+            status=status, code="bad_response", exit_code=errors.UNAVAILABLE,
+            method=method, path=path,
+            hint="check --base-url points at the API (it should end with /v1); if it does, "
+                 "the service is misbehaving: re-run the same command later")
 
     def _error(self, method: str, path: str, status: int, words: str) -> APIError:
         code, exit_code, hint = _hint_for_status(status)
@@ -542,11 +714,13 @@ class Client:
         return self._json(self.request("GET", path, params=params), "GET", path)
 
     def _json(self, resp: requests.Response, method: str, path: str) -> dict:
+        """The answer parsed, every string in it escaped as data (safetext) and with the key
+        redacted, so nothing the server echoes can reach output or the job file as it was."""
         if resp.status_code == 204 or not resp.content:
             return {}
         try:
-            return resp.json()
-        except ValueError:
+            return map_strings(json.loads(resp.content), lambda t: self._redact(as_data(t)))
+        except (ValueError, RecursionError):
             raise APIError(
                 self._redact(f"{method} {path} answered {resp.status_code} with a body that is "
                              f"not JSON: {server_words(resp.content)[:200]}"),
@@ -555,32 +729,51 @@ class Client:
                 hint="check --base-url points at the API (it should end with /v1)") from None
 
     def iter_list(self, path: str, params: dict | None = None, *,
-                  page_size: int = LIST_PAGE_SIZE, max_items: int | None = None
-                  ) -> Iterator[dict]:
-        """Every item of a list endpoint, following has_more / last_id page by page."""
+                  page_size: int = LIST_PAGE_SIZE, max_items: int | None = None,
+                  max_pages: int = MAX_LIST_PAGES) -> Iterator[dict]:
+        """Every item of a list endpoint, following has_more / last_id page by page.
+
+        A server that keeps saying has_more for ever, or whose cursor stops moving (the same
+        `after` twice), must not keep a command paging for ever: after `max_pages` pages, or
+        at the first repeated cursor, this raises APIError (exit 7, `bad_response`) rather
+        than hand back a list that silently misses items.
+        """
         params = {k: v for k, v in (params or {}).items() if v is not None}
         after = params.pop("after", None)
         count = 0
-        seen_after = set()
-        while True:
+        seen_after = {after} if after else set()
+        for _page in range(max_pages):
             page = dict(params)
             page["limit"] = page_size if max_items is None else min(page_size,
                                                                     max_items - count)
             if after:
                 page["after"] = after
             data = self.get_json(path, page)
-            items = data.get("data") or []
+            items = data.get("data") if isinstance(data, dict) else None
+            if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+                raise self._bad_page(path, "it is not a list page ({\"data\": [objects...]})")
             for item in items:
                 yield item
                 count += 1
                 if max_items is not None and count >= max_items:
                     return
-            if not data.get("has_more") or not items:
+            if data.get("has_more") is not True or not items:
                 return
             after = data.get("last_id") or items[-1].get("id")
-            if not after or after in seen_after:
-                return
+            if not isinstance(after, str) or not after:
+                raise self._bad_page(path, "it says has_more but gives no last_id to go on from")
+            if after in seen_after:
+                raise self._bad_page(path, f"it sent the page after {after!r} again: its "
+                                           "paging goes round in a circle")
             seen_after.add(after)
+        raise self._bad_page(path, f"it still said has_more after {max_pages} pages "
+                                   f"({count} items)")
+
+    def _bad_page(self, path: str, why: str) -> APIError:
+        return APIError(
+            self._redact(f"GET {path}: the list was not read to its end: {why}"),
+            code="bad_response", exit_code=errors.UNAVAILABLE, method="GET", path=path,
+            hint="the service's list is misbehaving; re-run the same command later")
 
     # ---- files --------------------------------------------------------------------------
     def upload_file(self, path: str, *, filename: str | None = None, purpose: str = "batch",
@@ -670,7 +863,7 @@ class Client:
         """Any streamed NDJSON endpoint (file content, batch results) as a LineStream."""
         params = {k: v for k, v in (params or {}).items() if v is not None}
         resp = self.request("GET", path, params=params, stream=True)
-        return LineStream(resp, "GET", path, self._key)
+        return LineStream(resp, "GET", path, self._key, deadline=getattr(resp, "deadline", None))
 
     # ---- batches ------------------------------------------------------------------------
     def create_batch(self, input_file_id: str, endpoint: str, completion_window: str,
@@ -752,7 +945,7 @@ def iter_line_blocks(stream: LineStream, max_lines: int | None = None
     """
     tail: list[bytes] = []  # the start of a line that continues in the next chunk
     try:
-        for chunk in _body_chunks(stream.response):
+        for chunk in stream.chunks():
             end = chunk.rfind(b"\n") + 1
             if end == 0:
                 tail.append(chunk)
@@ -772,6 +965,6 @@ def iter_line_blocks(stream: LineStream, max_lines: int | None = None
             tail = [chunk[end:]] if end < len(chunk) else []
             stream.lines_read += n
             yield pieces, n
-    except BROKEN_CONNECTION as exc:
+    except (*BROKEN_CONNECTION, bodies.BodyRefused) as exc:
         raise stream._broke_off(exc, b"".join(tail)) from None
     stream._ended(b"".join(tail))

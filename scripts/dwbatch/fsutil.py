@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import IO
 
+from .secrets import redact
+
 try:  # POSIX; elsewhere the lock is a no-op (the atomic writes still hold)
     import fcntl
 except ImportError:  # pragma: no cover
@@ -62,9 +64,11 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
 
 
 def write_json_atomic(path: str | os.PathLike, data: object) -> None:
-    """Write `data` as pretty JSON to `path` atomically."""
+    """Write `data` as pretty JSON to `path` atomically, with the API key redacted in every
+    spelling (job files and state files hold what servers sent, and no secret)."""
+    text = redact(json.dumps(data, indent=2, ensure_ascii=False))
     with atomic_open(path, "w") as f:
-        json.dump(data, f, indent=2, ensure_ascii=False)
+        f.write(text)
         f.write("\n")
 
 
