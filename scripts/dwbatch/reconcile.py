@@ -109,11 +109,18 @@ def endpoint_of(url: str | None) -> str:
     return url
 
 
+_CHOICES_ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions"})
+
+
 def extract_content(endpoint: str, body: dict) -> dict:
     """content / tool_calls / finish_reason / embedding from a successful response body."""
-    out: dict = {"content": None, "finish_reason": None}
     if not isinstance(body, dict):
-        return out
+        return {"content": None, "finish_reason": None}
+    if endpoint in _CHOICES_ENDPOINTS:  # the usual case, decided with the fewest lookups
+        kind = body.get("object")
+        if kind != "list" and kind != "response" and body.get("type") != "message":
+            return _choices_content(body)
+    out: dict = {"content": None, "finish_reason": None}
     if endpoint.endswith("/embeddings") or (
             body.get("object") == "list" and isinstance(body.get("data"), list)
             and "choices" not in body):
@@ -154,6 +161,12 @@ def extract_content(endpoint: str, body: dict) -> dict:
             out["tool_calls"] = calls
         out["finish_reason"] = body.get("stop_reason")
         return out
+    return _choices_content(body)
+
+
+def _choices_content(body: dict) -> dict:
+    """content / tool_calls / finish_reason of a chat or completions body."""
+    out: dict = {"content": None, "finish_reason": None}
     choices = body.get("choices") or []
     first = choices[0] if choices and isinstance(choices[0], dict) else {}
     out["finish_reason"] = first.get("finish_reason")
@@ -312,10 +325,16 @@ def check_structured(content, schema: dict | None) -> tuple[str, object, dict | 
         "path": list(error.absolute_path), "validator": error.validator}
 
 
+_JSON_STARTS = frozenset("{[`")
+
+
 def _maybe_json(content):
     """The parsed content when it is a JSON object/array (optionally in a ``` fence)."""
     if not isinstance(content, str):
         return None
+    first = content[:1]
+    if first not in _JSON_STARTS and not first.isspace():
+        return None  # (most answers: plain text, decided without stripping a copy)
     s = _strip_fence(content)
     if s[:1] not in ("{", "["):
         return None
@@ -327,8 +346,16 @@ def _maybe_json(content):
 
 def classify(kind: str, line: dict, request_body: dict | None, endpoint: str) -> dict:
     """The record fields (without custom_id/batch_id) of one output- or error-file line."""
-    rec: dict = {"status": "error", "content": None, "finish_reason": None, "usage": None,
-                 "error": None}
+    rec = classify_line(None, kind, line, request_body, endpoint)
+    del rec["custom_id"]
+    return rec
+
+
+def classify_line(custom_id: str | None, kind: str, line: dict, request_body: dict | None,
+                  endpoint: str) -> dict:
+    """classify(), with custom_id as the record's first field (the join adds batch_id last)."""
+    rec: dict = {"custom_id": custom_id, "status": "error", "content": None,
+                 "finish_reason": None, "usage": None, "error": None}
     response = line.get("response") if isinstance(line, dict) else None
     error = line.get("error") if isinstance(line, dict) else None
     if kind == "error" or not isinstance(response, dict):
@@ -383,6 +410,10 @@ def usage_numbers(usage) -> tuple[int, int, int]:
     if not isinstance(usage, dict):
         return 0, 0, 0
     get = usage.get
+    prompt, completion, total = get("prompt_tokens"), get("completion_tokens"), \
+        get("total_tokens")
+    if type(prompt) is int and type(completion) is int and type(total) is int and total:
+        return prompt, completion, total  # the usual shape: the same numbers as below
     prompt = _num(get("prompt_tokens", get("input_tokens")))
     completion = _num(get("completion_tokens", get("output_tokens")))
     total = _num(get("total_tokens")) or prompt + completion
@@ -393,13 +424,34 @@ def usage_numbers(usage) -> tuple[int, int, int]:
 # The index: inputs and results by byte offset in a temporary sqlite3 file.
 # --------------------------------------------------------------------------------------------
 
+# Both tables are only appended to while the files are read (rows in file order, no index to
+# keep up: random-key inserts into a b-tree are what made a large join slow); their indexes are
+# built once, sorted, by finish().
 _SCHEMA = """
-CREATE TABLE req (seq INTEGER PRIMARY KEY, cid TEXT NOT NULL UNIQUE);
-CREATE TABLE inp (cid TEXT NOT NULL, src INTEGER NOT NULL, off INTEGER NOT NULL,
-                  len INTEGER NOT NULL, ep INTEGER NOT NULL,
-                  flags INTEGER NOT NULL, PRIMARY KEY (cid, src)) WITHOUT ROWID;
+CREATE TABLE inp (seq INTEGER PRIMARY KEY, cid TEXT NOT NULL, src INTEGER NOT NULL,
+                  off INTEGER NOT NULL, len INTEGER NOT NULL, ep INTEGER NOT NULL,
+                  flags INTEGER NOT NULL);
 CREATE TABLE res (cid TEXT NOT NULL, src INTEGER NOT NULL, fno INTEGER NOT NULL,
                   off INTEGER NOT NULL, len INTEGER NOT NULL);
+"""
+_INDEXES = """
+CREATE INDEX inp_cid ON inp (cid, src);
+CREATE INDEX res_cid ON res (cid, src, fno, off, len);
+"""
+# Every request line with its result lines, in input order. With no custom_id in two input
+# lines (the usual case) a request is its own group; otherwise a group is led by the first
+# line of its custom_id and holds every line with that custom_id (same batch: repeats; other
+# batches: retry jobs), each with its results.
+_ROWS_UNIQUE = """
+SELECT i.seq, i.cid, i.src, i.off, i.len, i.ep, i.flags, x.fno, x.off, x.len, i.seq
+FROM inp i LEFT JOIN res x ON x.cid = i.cid AND x.src = i.src ORDER BY i.seq
+"""
+_ROWS_GROUPED = """
+SELECT l.seq, i.cid, i.src, i.off, i.len, i.ep, i.flags, x.fno, x.off, x.len, i.seq
+FROM inp l JOIN inp i ON i.cid = l.cid
+LEFT JOIN res x ON x.cid = i.cid AND x.src = i.src
+WHERE NOT EXISTS (SELECT 1 FROM inp e WHERE e.cid = l.cid AND e.seq < l.seq)
+ORDER BY l.seq
 """
 
 _BATCH_ROWS = 20000
@@ -407,15 +459,24 @@ _BATCH_ROWS = 20000
 
 # Fast paths for the common line shapes: a top-level key reached through simple leading
 # pairs only ("id":"…", "custom_id":"…", "method":"…", …) is provably the top-level value, so
-# it can be read without parsing the whole line. Anything else falls back to json.loads.
-_SIMPLE_PREFIX = rb'^\{\s*(?:"[A-Za-z_]\w*"\s*:\s*(?:"[^"\\]*"|null|-?\d+)\s*,\s*)*?'
-_SIMPLE_PAIRS = rb'(?:"[A-Za-z_]\w*"\s*:\s*(?:"[^"\\]*"|null|-?\d+)\s*,\s*)*?'
-_CID_RE = re.compile(_SIMPLE_PREFIX + rb'"custom_id"\s*:\s*"([^"\\]*)"')
-_URL_RE = re.compile(_SIMPLE_PREFIX + rb'"url"\s*:\s*"([^"\\]*)"')
-# The usual request line: custom_id, then (method), then url, all before the body.
-_CID_URL_RE = re.compile(_SIMPLE_PREFIX + rb'"custom_id"\s*:\s*"([^"\\]*)"\s*,\s*'
-                         + _SIMPLE_PAIRS + rb'"url"\s*:\s*"([^"\\]*)"')
+# it can be read with a few byte searches instead of parsing the whole line. Anything else
+# (nested braces or brackets, escapes, odd spacing before the key) falls back to json.loads.
 _decode = json.JSONDecoder().decode
+# Any of these keys may ask for structured output: such a request line is parsed in full.
+_STRUCTURED_MARKERS = re.compile(rb'"(?:response_format|text|output_format|output_config)"')
+# The shapes the scripts and the service write, matched by one anchored pattern each (the
+# general search below is several times slower per line).
+_USUAL_REQUEST = re.compile(rb'\{"custom_id": ?"([^"\\]*)", ?"method": ?"[A-Z]*", ?'
+                            rb'"url": ?"([^"\\]*)"')
+_USUAL_RESULT = re.compile(rb'\{(?:"id": ?"[^"\\]*", ?)?"custom_id": ?"([^"\\]*)"')
+
+
+def _key_patterns(key: str) -> tuple[bytes, bytes]:
+    return (f'"{key}": "'.encode(), f'"{key}":"'.encode())
+
+
+_CID_KEYS = _key_patterns("custom_id")
+_URL_KEYS = _key_patterns("url")
 
 
 def loads(line: bytes):
@@ -423,12 +484,37 @@ def loads(line: bytes):
     return _decode(line.decode("utf-8"))
 
 
+def _simple_string(line: bytes, patterns: tuple[bytes, bytes]) -> bytes | None:
+    """The raw bytes of a top-level string value, or None when that cannot be proven cheaply.
+
+    Proof: the line starts with `{`, and before the key there is no brace, bracket or
+    backslash and an even number of quotes, so the key is outside any string at depth 1;
+    the value has no backslash, so its first closing quote ends it.
+    """
+    spaced, compact = patterns
+    at = line.find(spaced)
+    start = at + len(spaced)
+    if at < 0:
+        at = line.find(compact)
+        if at < 0:
+            return None
+        start = at + len(compact)
+    if line[:1] != b"{" or line.find(b"{", 1, at) >= 0 or line.find(b"[", 0, at) >= 0 \
+            or line.find(b"\\", 0, at) >= 0 or line.count(b'"', 0, at) % 2:
+        return None
+    end = line.find(b'"', start)
+    if end < 0 or line.find(b"\\", start, end) >= 0:
+        return None
+    return line[start:end]
+
+
 def _fast_custom_id(line: bytes) -> str | None:
-    m = _CID_RE.match(line)
-    if m is None:
+    m = _USUAL_RESULT.match(line)
+    raw = m.group(1) if m is not None else _simple_string(line, _CID_KEYS)
+    if raw is None:
         return None
     try:
-        return m.group(1).decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError:
         return None
 
@@ -444,17 +530,16 @@ def _iter_lines(path: str) -> Iterator[tuple[int, int, bytes]]:
 
 def _fast_request_fields(line: bytes) -> tuple[str | None, int, int]:
     """(custom_id, endpoint code, flags) without parsing, or (None, 0, 0): parse it then."""
-    if b'"response_format"' in line or b'"text"' in line or b'"output_format"' in line \
-            or b'"output_config"' in line:
+    if _STRUCTURED_MARKERS.search(line) is not None:
         return None, 0, 0
-    m = _CID_URL_RE.match(line)
+    m = _USUAL_REQUEST.match(line)
     if m is not None:
         raw_cid, raw_url = m.group(1), m.group(2)
     else:
-        m, m_url = _CID_RE.match(line), _URL_RE.match(line)
-        if m is None or m_url is None:
-            return None, 0, 0
-        raw_cid, raw_url = m.group(1), m_url.group(1)
+        raw_cid = _simple_string(line, _CID_KEYS)
+        raw_url = _simple_string(line, _URL_KEYS)
+    if raw_cid is None or raw_url is None:
+        return None, 0, 0
     code = _URL_CODES.get(raw_url)
     if code is None:
         code = _ENDPOINT_CODE.get(endpoint_of(raw_url.decode("utf-8", "replace")))
@@ -487,8 +572,11 @@ class Index:
             self.db.execute(f"PRAGMA {pragma}")
         self.db.executescript(_SCHEMA)
         self.result_files: list[tuple[str, str]] = []  # (path, kind) by file number
+        self.result_rows = 0  # result lines with a custom_id; the join counts the matched
         self.duplicate_inputs = 0
         self.unmatched_results = 0
+        self.repeated_ids = False  # some custom_id in two input lines (set by finish)
+        self.repeated_results = False  # some request with two result lines in one batch
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -500,36 +588,33 @@ class Index:
     def add_inputs(self, src: int, source: Source) -> int:
         """Index every request line of one source; returns the number of requests."""
         digest = hashlib.sha256()
-        req_rows, inp_rows, count = [], [], 0
+        rows, count = [], 0
         path = source.input_path
         if not os.path.exists(path):
             raise InputError(
                 f"input file {path} of {source.label or 'the job'} does not exist",
                 hint="the job file's shard paths are relative to the job file: keep the "
                      "input files beside it (or fetch by bare batch id)")
-        for lineno, off, line in _iter_lines(path):
-            digest.update(line)
-            if line.isspace():  # (no copy of the line, unlike strip())
-                continue
-            cid, ep, flags = _fast_request_fields(line)
-            if cid is None:
-                try:
-                    obj = loads(line)
-                    cid = obj["custom_id"]
-                    if not isinstance(cid, str):
-                        raise TypeError("custom_id is not a string")
-                except (ValueError, KeyError, TypeError) as exc:
-                    raise InputError(
-                        f"{path} line {lineno}: not a batch request line with a custom_id "
-                        f"({exc})", hint="the input file must be the JSONL file that was "
-                                         "submitted; it seems to have been changed") from None
-                ep, flags = _input_flags(obj)
-            req_rows.append((cid,))
-            inp_rows.append((cid, src, off, len(line), ep, flags))
-            count += 1
-            if len(inp_rows) >= _BATCH_ROWS:
-                self._flush_inputs(req_rows, inp_rows)
-        self._flush_inputs(req_rows, inp_rows)
+        insert = "INSERT INTO inp (cid, src, off, len, ep, flags) VALUES (?,?,?,?,?,?)"
+        off = 0
+        with open(path, "rb") as f:
+            for lineno, line in enumerate(f, 1):
+                digest.update(line)
+                size = len(line)
+                if line.isspace():  # (no copy of the line, unlike strip())
+                    off += size
+                    continue
+                cid, ep, flags = _fast_request_fields(line)
+                if cid is None:
+                    cid, ep, flags = _parsed_request_fields(path, lineno, line)
+                rows.append((cid, src, off, size, ep, flags))
+                off += size
+                if len(rows) >= _BATCH_ROWS:
+                    count += len(rows)
+                    self.db.executemany(insert, rows)
+                    rows.clear()
+        count += len(rows)
+        self.db.executemany(insert, rows)
         if source.expected_sha256 and digest.hexdigest() != source.expected_sha256:
             raise InputError(
                 f"input file {path} changed since it was submitted (sha256 differs from the "
@@ -537,16 +622,6 @@ class Index:
                 hint="results are joined to the submitted lines: restore the original file "
                      "(or fetch by bare batch id, which downloads the batch's own input)")
         return count
-
-    def _flush_inputs(self, req_rows: list, inp_rows: list) -> None:
-        if not inp_rows:
-            return
-        self.db.executemany("INSERT OR IGNORE INTO req (cid) VALUES (?)", req_rows)
-        before = self.db.total_changes
-        self.db.executemany("INSERT OR IGNORE INTO inp VALUES (?,?,?,?,?,?)", inp_rows)
-        self.duplicate_inputs += len(inp_rows) - (self.db.total_changes - before)
-        req_rows.clear()
-        inp_rows.clear()
 
     # -- results --------------------------------------------------------------------------
     def add_results(self, src: int, path: str | None, kind: str) -> int:
@@ -556,56 +631,116 @@ class Index:
         fno = len(self.result_files)
         self.result_files.append((path, kind))
         rows, count = [], 0
-        for lineno, off, line in _iter_lines(path):
-            if not line.endswith(b"\n"):
-                break  # never a torn line: the downloader only appends complete ones
-            if line.isspace():
-                continue
-            try:
+        insert = "INSERT INTO res VALUES (?,?,?,?,?)"
+        off = 0
+        with open(path, "rb") as f:
+            for lineno, line in enumerate(f, 1):
+                size = len(line)
+                if not line.endswith(b"\n"):
+                    break  # never a torn line: the downloader only appends complete ones
+                if line.isspace():
+                    off += size
+                    continue
                 cid = _fast_custom_id(line)
                 if cid is None:
-                    cid = loads(line).get("custom_id")
-            except (ValueError, AttributeError):
-                raise InputError(
-                    f"{path} line {lineno}: not a JSON result line",
-                    hint=f"delete {path} and fetch again to download it afresh") from None
-            if not isinstance(cid, str):
-                self.unmatched_results += 1
-                continue
-            rows.append((cid, src, fno, off, len(line)))
-            count += 1
-            if len(rows) >= _BATCH_ROWS:
-                self.db.executemany("INSERT INTO res VALUES (?,?,?,?,?)", rows)
-                rows.clear()
-        if rows:
-            self.db.executemany("INSERT INTO res VALUES (?,?,?,?,?)", rows)
+                    try:
+                        cid = loads(line).get("custom_id")
+                    except (ValueError, AttributeError):
+                        raise InputError(
+                            f"{path} line {lineno}: not a JSON result line",
+                            hint=f"delete {path} and fetch again to download it afresh"
+                        ) from None
+                    if not isinstance(cid, str):
+                        self.unmatched_results += 1
+                        off += size
+                        continue
+                rows.append((cid, src, fno, off, size))
+                off += size
+                if len(rows) >= _BATCH_ROWS:
+                    count += len(rows)
+                    self.db.executemany(insert, rows)
+                    rows.clear()
+        count += len(rows)
+        self.db.executemany(insert, rows)
+        self.result_rows += count
         return count
 
     def finish(self) -> None:
-        self.db.execute("CREATE INDEX res_cid ON res (cid, src)")
-        # results whose custom_id is not among their own batch's inputs
-        self.unmatched_results += self.db.execute(
-            "SELECT COUNT(*) FROM res WHERE NOT EXISTS "
-            "(SELECT 1 FROM inp WHERE inp.cid = res.cid AND inp.src = res.src)").fetchone()[0]
+        self.db.executescript(_INDEXES)
+        self.repeated_ids = self._any("SELECT 1 FROM inp GROUP BY cid HAVING COUNT(*) > 1")
+        self.repeated_results = self._any(
+            "SELECT 1 FROM res GROUP BY cid, src HAVING COUNT(*) > 1")
         self.db.commit()
 
-    def rows(self) -> Iterator[list[tuple]]:
+    def _any(self, query: str) -> bool:
+        return bool(self.db.execute(f"SELECT EXISTS ({query})").fetchone()[0])
+
+    def rows(self) -> Iterator[list[tuple] | tuple[tuple]]:
         """Per request, in order: its candidate rows
-        (seq, custom_id, src, in_off, in_len, ep, flags, fno|None, off, len)."""
-        cur = self.db.execute(
-            "SELECT r.seq, r.cid, i.src, i.off, i.len, i.ep, i.flags, x.fno, x.off, x.len "
-            "FROM req r JOIN inp i ON i.cid = r.cid "
-            "LEFT JOIN res x ON x.cid = i.cid AND x.src = i.src ORDER BY r.seq")
-        seq, group = None, []
-        for row in cur:
+        (group, custom_id, src, in_off, in_len, ep, flags, fno|None, off, len, line seq).
+
+        Once every group has been read, duplicate_inputs and unmatched_results are final.
+        """
+        if self.repeated_ids:
+            yield from self._grouped_rows()
+            return
+        matched = 0
+        if not self.repeated_results:  # every request is a group of one row
+            for row in self.db.execute(_ROWS_UNIQUE):
+                if row[7] is not None:
+                    matched += 1
+                yield (row,)
+            self.unmatched_results += self.result_rows - matched
+            return
+        seq, group = None, None
+        for row in self.db.execute(_ROWS_UNIQUE):
+            if row[7] is not None:
+                matched += 1
             if row[0] != seq:
-                if group:
+                if group is not None:
                     yield group
                 seq, group = row[0], [row]
             else:
                 group.append(row)
+        if group is not None:
+            yield group
+        self.unmatched_results += self.result_rows - matched
+
+    def _grouped_rows(self) -> Iterator[list[tuple]]:
+        matched = 0
+        lead, group, first_line = None, [], {}
+        for row in self.db.execute(_ROWS_GROUPED):
+            if row[0] != lead:
+                if group:
+                    yield group
+                lead, group, first_line = row[0], [], {}
+            if first_line.setdefault(row[2], row[10]) != row[10]:
+                continue  # a repeat of a line of the same batch: its first line counts
+            if row[7] is not None:
+                matched += 1
+            group.append(row)
         if group:
             yield group
+        self.duplicate_inputs = self.db.execute(
+            "SELECT COUNT(*) - (SELECT COUNT(*) FROM (SELECT DISTINCT cid, src FROM inp)) "
+            "FROM inp").fetchone()[0]
+        self.unmatched_results += self.result_rows - matched
+
+
+def _parsed_request_fields(path: str, lineno: int, line: bytes) -> tuple[str, int, int]:
+    """(custom_id, endpoint code, flags) of a request line, parsed in full."""
+    try:
+        obj = loads(line)
+        cid = obj["custom_id"]
+        if not isinstance(cid, str):
+            raise TypeError("custom_id is not a string")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(
+            f"{path} line {lineno}: not a batch request line with a custom_id "
+            f"({exc})", hint="the input file must be the JSONL file that was "
+                             "submitted; it seems to have been changed") from None
+    ep, flags = _input_flags(obj)
+    return cid, ep, flags
 
 
 class _Reader:
@@ -615,10 +750,11 @@ class _Reader:
         self.fds: dict[str, int] = {}
 
     def read(self, path: str, off: int, length: int) -> bytes:
-        fd = self.fds.get(path)
-        if fd is None:
-            fd = self.fds[path] = os.open(path, os.O_RDONLY)
-        return os.pread(fd, length, off)
+        try:
+            return os.pread(self.fds[path], length, off)
+        except KeyError:
+            self.fds[path] = os.open(path, os.O_RDONLY)
+            return os.pread(self.fds[path], length, off)
 
     def close(self) -> None:
         for fd in self.fds.values():
@@ -665,6 +801,57 @@ def _no_result_record(source: Source) -> dict:
     return rec
 
 
+class _Judge:
+    """Picks the record of one custom_id from its candidate rows (the index's rows() groups).
+
+    A candidate is one source's result line for the request, or the source's "no result yet"
+    when it has none. Lower STATUS_RANK wins; ties go to the later job, then file, then line.
+    """
+
+    def __init__(self, sources: list[Source], result_files: list[tuple[str, str]],
+                 reader: _Reader) -> None:
+        self.sources, self.result_files, self.reader = sources, result_files, reader
+
+    def candidate(self, row: tuple) -> tuple[dict, Source, tuple]:
+        """(record with custom_id and batch_id, its source, its tie-break order) of one row."""
+        _group, cid, src, in_off, in_len, ep, flags, fno, r_off, r_len, _line = row
+        source = self.sources[src]
+        if fno is None:
+            rec = {"custom_id": cid, **_no_result_record(source)}
+            order = (source.job, -1)
+        else:
+            path, kind = self.result_files[fno]
+            line = loads(self.reader.read(path, r_off, r_len))
+            body = None
+            if flags & _STRUCTURED:
+                body = loads(self.reader.read(source.input_path, in_off, in_len)).get("body")
+            rec = classify_line(cid, kind, line, body, ENDPOINTS[ep])
+            order = (source.job, fno, r_off)
+        rec["batch_id"] = source.batch_id
+        return rec, source, order
+
+    def best(self, group: list[tuple]) -> tuple[dict, Source, int, int, int]:
+        """(record, source, input offset, input length, candidates superseded) of a group;
+        the record ends with attempts (and retriable, when it is not ok or pending)."""
+        if len(group) == 1:
+            row = group[0]
+            rec, source, _order = self.candidate(row)
+            best, superseded = (rec, source, row[3], row[4]), 0
+        else:
+            best = best_key = None
+            for row in group:
+                rec, source, order = self.candidate(row)
+                key = (-STATUS_RANK[rec["status"]], order)
+                if best_key is None or key > best_key:
+                    best, best_key = (rec, source, row[3], row[4]), key
+            superseded = len(group) - 1
+        record = best[0]
+        record["attempts"] = _attempts(group, self.sources)
+        if record["status"] not in NOT_RETRIED:
+            record["retriable"] = is_retriable(record)
+        return (*best, superseded)
+
+
 def reconcile(sources: list[Source], on_record: Callable[[Chosen], None],
               tmp_dir: str | None = None,
               progress: Callable[[str], None] | None = None) -> Summary:
@@ -684,42 +871,16 @@ def reconcile(sources: list[Source], on_record: Callable[[Chosen], None],
             if progress:
                 progress(f"indexed {source.label or source.input_path}")
         index.finish()
+        best = _Judge(sources, index.result_files, reader).best
+        count = _Counter(summary)
+        for group in index.rows():
+            record, source, in_off, in_len, superseded = best(group)
+            if superseded:
+                summary.superseded += superseded
+            count(record, source)
+            on_record(Chosen(record, source, in_off, in_len, reader))
         summary.duplicate_inputs = index.duplicate_inputs
         summary.unmatched_results = index.unmatched_results
-        result_files = index.result_files
-        for group in index.rows():
-            best = best_key = None
-            for (_seq, _cid, src, in_off, in_len, ep, flags, fno, r_off, r_len) in group:
-                source = sources[src]
-                if fno is None:
-                    rec = _no_result_record(source)
-                    order = (source.job, -1)
-                else:
-                    path, kind = result_files[fno]
-                    line = loads(reader.read(path, r_off, r_len))
-                    body = None
-                    if flags & _STRUCTURED:
-                        body = loads(reader.read(source.input_path, in_off,
-                                                 in_len)).get("body")
-                    rec = classify(kind, line, body, ENDPOINTS[ep])
-                    order = (source.job, fno, r_off)
-                if len(group) == 1:
-                    best = (rec, source, in_off, in_len)
-                    break
-                key = (-STATUS_RANK[rec["status"]], order)
-                if best_key is None or key > best_key:
-                    if best_key is not None:
-                        summary.superseded += 1
-                    best, best_key = (rec, source, in_off, in_len), key
-                else:
-                    summary.superseded += 1
-            rec, source, in_off, in_len = best
-            record = {"custom_id": group[0][1], **rec, "batch_id": source.batch_id,
-                      "attempts": _attempts(group, sources)}
-            if record["status"] not in NOT_RETRIED:
-                record["retriable"] = is_retriable(record)
-            _count(summary, record, source)
-            on_record(Chosen(record, source, in_off, in_len, reader))
     finally:
         reader.close()
         index.close()
@@ -733,19 +894,28 @@ def _attempts(group: list[tuple], sources: list[Source]) -> int:
     return len({sources[row[2]].job for row in group})
 
 
-def _count(summary: Summary, record: dict, source: Source) -> None:
-    summary.counts[record["status"]] += 1
-    if record["status"] == "missing":
-        if source.batch_status in ENDED_UNSUCCESSFULLY:
-            summary.missing_from_ended += 1
-        else:
-            done = summary.missing_from_completed
-            done[source.batch_id] = done.get(source.batch_id, 0) + 1
-    usage = record["usage"]
-    if usage:
-        p, c, t = usage_numbers(usage)
-        totals = summary.usage
-        totals["prompt_tokens"] += p
-        totals["completion_tokens"] += c
-        totals["total_tokens"] += t
+class _Counter:
+    """Adds one record to a Summary: its status, tokens, and why it is missing."""
 
+    def __init__(self, summary: Summary) -> None:
+        self.summary = summary
+        self.counts, self.usage = summary.counts, summary.usage
+
+    def __call__(self, record: dict, source: Source, sign: int = 1) -> None:
+        status = record["status"]
+        self.counts[status] += sign
+        if status == "missing":
+            if source.batch_status in ENDED_UNSUCCESSFULLY:
+                self.summary.missing_from_ended += sign
+            else:
+                done = self.summary.missing_from_completed
+                done[source.batch_id] = done.get(source.batch_id, 0) + sign
+                if not done[source.batch_id]:
+                    del done[source.batch_id]
+        usage = record["usage"]
+        if usage:
+            p, c, t = usage_numbers(usage)
+            totals = self.usage
+            totals["prompt_tokens"] += sign * p
+            totals["completion_tokens"] += sign * c
+            totals["total_tokens"] += sign * t

@@ -42,7 +42,30 @@ def csv_row(record: dict) -> list:
     ]
 
 
-_encode = json.JSONEncoder(ensure_ascii=False).encode
+def _record_encoder():
+    """JSON text of a record, as json.JSONEncoder(ensure_ascii=False).encode gives it.
+
+    encode() builds a new C encoder for every call; a record is written a million times, so
+    the C encoder is made once here (records come from parsed JSON: no cycles to check).
+    """
+    plain = json.JSONEncoder(ensure_ascii=False)
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return plain.encode
+    try:
+        encoder = make(None, plain.default, json.encoder.encode_basestring, None, ": ", ", ",
+                       False, False, True)
+    except TypeError:  # another signature: keep the plain encoder
+        return plain.encode
+    join = "".join
+
+    def encode(record: dict) -> str:
+        return join(encoder(record, 0))
+
+    return encode
+
+
+_encode = _record_encoder()
 
 
 class _JsonlWriter:
