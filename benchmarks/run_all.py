@@ -34,6 +34,7 @@ BENCHMARKS = {
     "poll": ("bench_poll_calls.py", ["--scale", "30", "--requests", "1200"],
              ["--scale", "240", "--requests", "600"]),
     "workflow": ("bench_workflow.py", ["--requests", "100000"], ["--requests", "5000"]),
+    "tools": ("bench_tools.py", ["--requests", "100000"], ["--requests", "5000"]),
     "scale": ("bench_scale.py", ["--requests", "1000000"],
               ["--requests", "20000", "--max-requests", "5000"]),
 }
@@ -105,6 +106,11 @@ def machine() -> list[tuple[str, str]]:
         openai_version = openai.__version__
     except ImportError:
         openai_version = "not installed"
+    try:
+        dw = subprocess.run([os.path.join(common.ROOT, ".dwtools", "dw"), "--version"],
+                            capture_output=True, text=True).stdout.strip() or "does not start"
+    except OSError:
+        dw = "not prepared (tests/prepare_dw_cli.py)"
     commit = subprocess.run(["git", "-C", common.ROOT, "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(["git", "-C", common.ROOT, "status", "--porcelain", "--",
@@ -118,6 +124,7 @@ def machine() -> list[tuple[str, str]]:
             ("Python", f"{platform.python_version()} ({sys.executable})"),
             ("curl", curl.split("\n")[0][:60] or "?"),
             ("openai SDK", openai_version),
+            ("Doubleword dw CLI", dw),
             ("commit", commit or "?"),
             ("peak memory measured by", common.GNU_TIME and f"GNU {common.GNU_TIME} -f %M "
              "(the kernel's ru_maxrss of each command)" or "a python3 -S fork launcher")]

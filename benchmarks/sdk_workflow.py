@@ -8,6 +8,9 @@ and error files, join by custom_id in a dict, write the results.
         python benchmarks/sdk_workflow.py prompts.txt OUT_DIR [--model M] [--max-tokens N]
 
 Prints one JSON line: batch id, status, records written, status calls made.
+
+With --fetch BATCH_ID it does steps 5 and 6 only (the results of a batch that exists), which
+is what bench_tools.py compares with the other ways of getting results.
 """
 
 import argparse
@@ -27,11 +30,17 @@ def main() -> None:
     ap.add_argument("--model", default="sandbox-chat")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--interval", type=float, default=2.0)
+    ap.add_argument("--fetch", metavar="BATCH_ID", help="only download and join this batch")
     args = ap.parse_args()
     os.makedirs(args.out_dir, exist_ok=True)
     batch_path = os.path.join(args.out_dir, "batch.jsonl")
     results_path = os.path.join(args.out_dir, "results.jsonl")
     client = OpenAI()
+    if args.fetch:
+        batch = client.batches.retrieve(args.fetch)
+        polls = 0
+        fetch_and_write(client, batch, results_path, polls)
+        return
 
     # 1. build the batch file, one line per prompt
     with open(args.prompts, encoding="utf-8") as f, open(batch_path, "w") as out:
@@ -57,6 +66,10 @@ def main() -> None:
         batch = client.batches.retrieve(batch.id)
         polls += 1
 
+    fetch_and_write(client, batch, results_path, polls)
+
+
+def fetch_and_write(client, batch, results_path, polls):
     # 5. download output and errors, join by custom_id
     results = {}
     if batch.output_file_id:
