@@ -11,7 +11,14 @@ import time
 import tracemalloc
 
 import pytest
-from conftest import TEST_KEY, assert_no_key_in_tree, run_script, script_env, write_job
+from conftest import (
+    TEST_KEY,
+    assert_no_key_in_tree,
+    chat_line,
+    run_script,
+    script_env,
+    write_job,
+)
 from dwbatch import errors
 from dwbatch.client import MAX_LIST_PAGES, AmbiguousOutcome, APIError, Client, StreamInterrupted
 from dwbatch.config import Settings
@@ -373,3 +380,33 @@ def test_ids_and_names_with_line_breaks_stay_on_their_line(command):
     lines = (proc.stdout + proc.stderr).splitlines()
     assert not any(line.startswith("next: curl") for line in lines), lines
     assert "\x1b" not in proc.stdout + proc.stderr
+
+
+def test_fetch_results_ends_in_bounded_time_when_a_download_trickles(tmp_path):
+    """The whole command, not only the client: every attempt is cut, and the download gives up
+    after its attempts without progress (exit 7, re-run later) instead of hanging."""
+    (tmp_path / "in-000.jsonl").write_text(json.dumps(chat_line("r0", "hi")) + "\n")
+    done = dict(BATCH, status="completed", output_file_id="file_out1",
+                request_counts={"total": 1, "completed": 1, "failed": 0})
+
+    def answer(h):
+        if h.path.startswith("/v1/files/file_out1/content"):
+            h.head(200, {"Content-Type": "application/jsonl", "X-Last-Line": "1",
+                         "X-Incomplete": "false"}, 200)
+            h.trickle(b'{"id": "batch_req_1", "custom_id": "r0", ' + b" " * 20, 0.25)
+        elif h.path.startswith("/v1/batches/batch_x1/analytics"):
+            h.reply(404, "not found", {"Content-Type": "text/plain"})
+        else:
+            h.reply(200, done)
+
+    with Hostile(answer) as box:
+        job = write_job(tmp_path / "t.job.json", box, [done])
+        start = time.monotonic()
+        proc = run_script("fetch_results.py", str(job), "--request-timeout", "1", "--json",
+                          env=env_for(box), timeout=90)
+        took = elapsed(start)
+    out = stdout_json(proc)
+    assert proc.returncode == errors.UNAVAILABLE, out
+    assert took < 40, f"fetch_results.py took {took:.0f} s"
+    assert out["error"]["code"] == "download_interrupted"
+    assert_no_key_in_tree(tmp_path)

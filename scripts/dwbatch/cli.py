@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from . import errors
 from .limits import parse_size
-from .safetext import for_terminal, json_safe
+from .safetext import as_data, for_terminal, json_safe
 from .secrets import redact
 
 
@@ -217,7 +217,7 @@ def _usage_message(stderr_text: str) -> str:
 
 def _internal_error(args: argparse.Namespace, exc: BaseException) -> int:
     where = traceback.extract_tb(exc.__traceback__)[-1]
-    message = (f"internal error: {type(exc).__name__}: {exc} "
+    message = (f"internal error: {type(exc).__name__}: {as_data(str(exc))} "
                f"(at {os.path.basename(where.filename)}:{where.lineno})")
     if os.environ.get("DWBATCH_DEBUG"):
         sys.stderr.write(redact(traceback.format_exc()))
