@@ -34,7 +34,7 @@ from dwbatch.config import (
     resolve_base_url,
 )
 from dwbatch.safetext import as_data, for_terminal, map_strings
-from dwbatch.secrets import redact
+from dwbatch.secrets import byte_scrubber, key_spellings, redact
 
 # --------------------------------------------------------------------------- pure logic
 
@@ -136,6 +136,18 @@ def test_redaction_covers_every_spelling_of_the_key(key):
         assert "[REDACTED]" in out, text
         for spelling in (key, json.dumps(key)[1:-1]):
             assert spelling not in out
+
+
+@pytest.mark.parametrize("key", ["dw-test-k3y-DO-NOT-LEAK-8f2c1e", '!"#$%&()*+,/:;<=>?@[]^'])
+def test_byte_scrubber_finds_every_spelling_of_the_key_in_downloaded_bytes(key):
+    scrub = byte_scrubber(key)
+    for spelling in key_spellings(key):
+        data = b'{"content": "key ' + spelling.encode() + b' end"}\n'
+        assert scrub.has_key(data)
+        cleaned = scrub.clean(data)
+        assert b"[REDACTED]" in cleaned and spelling.encode() not in cleaned
+    assert not scrub.has_key(b'{"content": "nothing secret"}\n')
+    assert byte_scrubber(None) is None and byte_scrubber("short") is None
 
 
 def test_server_text_is_escaped_as_data_and_terminal_output_keeps_only_its_own_lines():

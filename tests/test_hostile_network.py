@@ -15,6 +15,7 @@ from conftest import (
     TEST_KEY,
     assert_no_key_in_tree,
     chat_line,
+    run_json,
     run_script,
     script_env,
     write_job,
@@ -410,3 +411,40 @@ def test_fetch_results_ends_in_bounded_time_when_a_download_trickles(tmp_path):
     assert took < 40, f"fetch_results.py took {took:.0f} s"
     assert out["error"]["code"] == "download_interrupted"
     assert_no_key_in_tree(tmp_path)
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_a_key_echoed_in_downloaded_lines_never_reaches_the_job_folder(tmp_path, split):
+    """Also when the key arrives split across two reads, and in its JSON-escaped spelling."""
+    (tmp_path / "in-000.jsonl").write_text(json.dumps(chat_line("r0", "hi")) + "\n")
+    done = dict(BATCH, status="completed", output_file_id="file_out1",
+                request_counts={"total": 1, "completed": 1, "failed": 0})
+    answer_body = {"choices": [{"index": 0, "finish_reason": "stop", "message": {
+        "role": "assistant", "content": f"your key is {TEST_KEY}"}}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 4, "total_tokens": 5}}
+    line = json.dumps({"id": "batch_req_1", "custom_id": "r0", "error": None, "response": {
+        "status_code": 200, "request_id": "q1", "body": answer_body}}).encode() + b"\n"
+    cut = line.index(TEST_KEY.encode()) + 10
+
+    def answer(h):
+        if h.path.startswith("/v1/files/file_out1/content"):
+            h.head(200, {"Content-Type": "application/jsonl", "X-Last-Line": "1",
+                         "X-Incomplete": "false"}, len(line))
+            if split:
+                h.write(line[:cut])
+                time.sleep(0.3)
+                h.write(line[cut:])
+            else:
+                h.write(line)
+        elif h.path.startswith("/v1/batches/batch_x1/analytics"):
+            h.reply(404, "not found", {"Content-Type": "text/plain"})
+        else:
+            h.reply(200, done)
+
+    with Hostile(answer) as box:
+        job = write_job(tmp_path / "t.job.json", box, [done])
+        code, out = run_json("fetch_results.py", str(job), env=env_for(box))
+    assert code == errors.OK, out
+    assert_no_key_in_tree(tmp_path)
+    record = json.loads((tmp_path / "t.results.jsonl").read_text())
+    assert record["status"] == "ok" and record["content"] == "your key is [REDACTED]"

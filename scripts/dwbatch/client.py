@@ -44,7 +44,7 @@ from . import __version__, bodies, errors
 from .config import Settings, is_loopback_host
 from .deadline import PROGRESS_BYTES, Deadline, WatchedAdapter
 from .safetext import as_data, for_terminal, map_strings
-from .secrets import redact
+from .secrets import byte_scrubber, redact
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 # 429 and 503 mean "not processed, come back later": safe to repeat even a create.
@@ -328,6 +328,7 @@ class LineStream:
         self._method = method
         self._path = path
         self._key = key
+        self.scrubber = byte_scrubber(key)  # a key the server echoes is not handed on
 
     def header(self, name: str, default: str | None = None) -> str | None:
         return self.headers.get(name, default)
@@ -352,6 +353,8 @@ class LineStream:
                     pending.clear()
                     start = nl + 1
                     self.lines_read += 1
+                    if self.scrubber is not None and self.scrubber.has_key(line):
+                        line = self.scrubber.clean(line)
                     yield line
         except (*BROKEN_CONNECTION, bodies.BodyRefused) as exc:
             raise self._broke_off(exc, bytes(pending)) from None
@@ -383,6 +386,8 @@ class LineStream:
 
     def _ended(self, partial: bytes) -> None:
         """The body ended cleanly; `partial` is a last piece without a newline, if any."""
+        if partial and self.scrubber is not None and self.scrubber.has_key(partial):
+            partial = self.scrubber.clean(partial)
         self.partial = partial
         self.finished = True
         self.close()
@@ -941,7 +946,7 @@ def iter_line_blocks(stream: LineStream, max_lines: int | None = None
     memory. The same guarantees as iterating the stream line by line: a torn tail is never
     handed out (it is left in `stream.partial`), and a break raises StreamInterrupted after
     every complete line before it was handed out. max_lines: stop after that many lines (the
-    rest is not read).
+    rest is not read). A block holding the key (in any spelling) is handed out redacted.
     """
     tail: list[bytes] = []  # the start of a line that continues in the next chunk
     try:
@@ -959,12 +964,30 @@ def iter_line_blocks(stream: LineStream, max_lines: int | None = None
                 stream.lines_read += keep
                 stream.close()
                 if keep:
-                    yield tail + [memoryview(chunk)[:cut]], keep
+                    yield _scrubbed(stream, tail, chunk, cut), keep
                 return
-            pieces = tail + [memoryview(chunk)[:end] if end < len(chunk) else chunk]
+            pieces = _scrubbed(stream, tail, chunk, end)
             tail = [chunk[end:]] if end < len(chunk) else []
             stream.lines_read += n
             yield pieces, n
     except (*BROKEN_CONNECTION, bodies.BodyRefused) as exc:
         raise stream._broke_off(exc, b"".join(tail)) from None
     stream._ended(b"".join(tail))
+
+
+def _scrubbed(stream: LineStream, tail: list[bytes], chunk: bytes, end: int) -> list:
+    """The pieces of one block (`tail`, then chunk[:end]), redacted when they hold the key.
+
+    The chunk is searched in place and only the seam with a line begun in earlier reads is
+    copied, so a download is not slowed down, and a key split across two reads is found."""
+    piece = memoryview(chunk)[:end] if end < len(chunk) else chunk
+    scrub = stream.scrubber
+    if scrub is None:
+        return tail + [piece]
+    head = b"".join(tail)
+    reach = scrub.reach - 1
+    hit = scrub.has_key(chunk, 0, end) or (head and (
+        scrub.has_key(head) or scrub.has_key(head[-reach:] + chunk[:min(reach, end)])))
+    if not hit:
+        return [head, piece] if head else [piece]
+    return [scrub.clean(head + bytes(piece))]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from urllib.parse import quote
 
 API_KEY_ENV = "DOUBLEWORD_API_KEY"
@@ -43,3 +44,35 @@ def redact(text: str, key: str | None = None) -> str:
         if form in text:
             text = text.replace(form, REDACTED)
     return text
+
+
+class ByteScrubber:
+    """Redacts the key in downloaded bytes, cheaply enough for every block of a download.
+
+    `probe` is the longest run of the key's letters, digits, `-`, `_` and `.`: no escaping
+    (JSON, repr, URL) changes those, so every spelling of the key contains it, and one fast
+    search per block tells whether anything needs replacing at all.
+    """
+
+    def __init__(self, key: str) -> None:
+        self.forms = [form.encode() for form in key_spellings(key)]
+        runs = re.findall(r"[A-Za-z0-9._-]+", key)
+        longest = max(runs, key=len) if runs else ""
+        self.probe = longest.encode() if len(longest) >= 4 else None
+        self.reach = len(self.probe) if self.probe else max(len(f) for f in self.forms)
+
+    def has_key(self, data, start: int = 0, end: int | None = None) -> bool:
+        end = len(data) if end is None else end
+        if self.probe is not None:
+            return data.find(self.probe, start, end) >= 0
+        return any(data.find(form, start, end) >= 0 for form in self.forms)
+
+    def clean(self, data: bytes) -> bytes:
+        for form in self.forms:
+            data = data.replace(form, REDACTED.encode())
+        return data
+
+
+def byte_scrubber(key: str | None) -> ByteScrubber | None:
+    """A ByteScrubber for a key long enough to redact (see MIN_KEY_LENGTH), else None."""
+    return ByteScrubber(key) if key and len(key) >= MIN_KEY_LENGTH else None
