@@ -23,6 +23,7 @@ require("requests", "jsonschema")  # before anything imports them: a clear error
 from dwbatch import (
     cli,
     client,
+    costs,
     download,
     errors,
     families,
@@ -58,6 +59,13 @@ and listed by reason ("gave_up_reasons"). With nothing left to retry: no retry f
 next null: the job is finished. A re-run with nothing new (no new lines, same batch statuses, same
 options) keeps the results and retry files as they are and reports the same summary (a stamp
 beside the results file, .NAME.stamp.json, records what they were built from).
+
+The summary gives the token usage and the actual cost (cost_usd: the batches' own
+GET /batches/{id}/analytics total_cost, summed; null when the server does not report it, or
+with --offline). Fetching a pilot job (submit.py --pilot N) adds "projection": the pilot's
+measured usage and cost scaled to the whole input ({"pilot_requests" (its ok records),
+"full_requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd",
+"completion_window"}); once every pilot record is ok, next is the submit of the whole input.
 
 Bare batch ids (no job file): the input order is taken from the batch's own input file,
 downloaded with GET /files/{input_file_id}/content into the raw folder; files go into the
@@ -193,6 +201,8 @@ def _stored_summary(stored: dict | None) -> reconcile.Summary | None:
     if not stored:
         return None
     try:
+        if "ok_usage" not in stored["summary"]:
+            return None  # written before ok usage was kept: build the files again
         summary = reconcile.Summary(**stored["summary"])
         if not all(isinstance(n, int) for n in dict(stored["retry_counts"]).values()):
             return None
@@ -287,10 +297,42 @@ def main(args: argparse.Namespace) -> cli.Result:
                 "summary": dataclasses.asdict(summary), "retry_counts": writer.counts,
                 "gave_up": writer.policy.gave_up,
                 "gave_up_reasons": writer.policy.reasons_list()})
-    return _report(args, targets, plan, summary, writer, retry_path, batches, downloads)
+    cost = _actual_cost(api, batches)
+    return _report(args, targets, plan, summary, writer, retry_path, batches, downloads, cost)
 
 
-def _report(args, targets, plan, summary, writer, retry_path, batches, downloads
+# --------------------------------------------------------------------------- cost
+
+def _actual_cost(api, batches: dict):
+    """What the batches really cost (their analytics' total_cost, summed); None when
+    offline, or when the server does not say for every batch."""
+    if api is None:
+        return None
+    return costs.total_cost(costs.batch_cost(api, batch_id, cli.warn) for batch_id in batches)
+
+
+def _projection(targets: list[polling.Target], summary: reconcile.Summary, cost
+                ) -> dict | None:
+    """For a pilot job (submit.py --pilot N): its usage and cost scaled to the whole input."""
+    first = targets[0]
+    pilot = (first.job or {}).get("pilot") if first.job else None
+    if not isinstance(pilot, dict):
+        return None
+    return costs.projection(pilot, summary.counts["ok"], summary.ok_usage, cost,
+                            first.job.get("completion_window"))
+
+
+def _full_submit_command(targets: list[polling.Target], args) -> str | None:
+    """After a good pilot: the same submit for the whole input (without --pilot)."""
+    first = targets[0]
+    inputs = (first.job.get("pilot") or {}).get("inputs") or []
+    if not inputs:
+        return None
+    paths = [_show(jobfile.abs_path(first.job_path, p)) for p in inputs]
+    return cli.script_command("submit.py", *paths, *(["--json"] if args.json else []))
+
+
+def _report(args, targets, plan, summary, writer, retry_path, batches, downloads, cost
             ) -> cli.Result:
     results_path = _show(plan.results)
     code = _exit_code(summary, retry_path)
@@ -352,13 +394,25 @@ def _report(args, targets, plan, summary, writer, retry_path, batches, downloads
         "superseded_results": summary.superseded,
         "unmatched_results": summary.unmatched_results,
         "after_retry": merge_cmd,
+        "cost_usd": costs.cost_number(cost),
         "notes": notes,
     }
+    projection = _projection(targets, summary, cost)
+    if projection is not None:
+        fields["projection"] = projection
+        if code == errors.OK:
+            next_cmd = _full_submit_command(targets, args) or next_cmd
     lines = [f"results: {results_path} ({summary.records} records: "
              f"{_counts_text(summary.counts)})",
              f"tokens: {summary.usage['prompt_tokens']} prompt, "
              f"{summary.usage['completion_tokens']} completion, "
-             f"{summary.usage['total_tokens']} total"]
+             f"{summary.usage['total_tokens']} total"
+             + (f"; cost {costs.dollars(fields['cost_usd'])} (the server's analytics)"
+                if fields["cost_usd"] is not None else "")]
+    if projection is not None:
+        lines.append(costs.projection_text(projection))
+        lines.append("read some answers in the results file; if they are good, submit the "
+                     "whole input with the same submit command without --pilot")
     for item in batch_fields:
         got = []
         for kind in ("output", "error"):

@@ -48,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pilot", type=cli.positive_int, default=None, metavar="N",
                         help="submit only the first N requests (input order) as a separate "
                              "pilot job, PROMPTS.pilot.jsonl / PROMPTS.pilot.job.json (window "
-                             "1h unless given); fetch it to read real answers and token use; "
-                             "then run the same command without --pilot")
+                             "1h unless given); fetch it to read real answers and a projection "
+                             "of the whole input's tokens and cost; then run the same command "
+                             "without --pilot")
     parser.add_argument("--metadata", action="extend", nargs="+", default=[],
                         metavar="KEY=VALUE",
                         help="metadata for every batch (string values; repeatable); job_id and "
@@ -199,8 +200,8 @@ def main(args: argparse.Namespace) -> cli.Result:
 def pilot_text(pilot: dict, job_path: str) -> str:
     return (f"pilot: the first {pilot['pilot_requests']:,} of {pilot['full_requests']:,} "
             f"requests. When it has finished, `fetch_results.py {job_path}` shows the answers "
-            "and their token use; then submit the whole input with the same command without "
-            "--pilot")
+            "and a projection of the whole input's tokens and cost; then submit the whole "
+            "input with the same command without --pilot")
 
 
 def _dry_run_result(args, outcome, fields, shards, requests, tokens) -> cli.Result:

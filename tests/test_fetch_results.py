@@ -655,3 +655,83 @@ def test_one_download_at_a_time_per_raw_folder(tmp_path):
         assert raw in exc.value.message and "re-run" in exc.value.hint
     with raw_dir_lock(raw, wait=0.2):  # free again once the holder let go
         pass
+
+
+# --- what it cost, and what the whole input will cost ----------------------------------------
+
+def _analytics_cost(sb, batch_id: str) -> float:
+    return float(sb.get(f"/batches/{batch_id}/analytics").json()["total_cost"])
+
+
+def test_the_actual_cost_is_the_sum_of_the_batches_analytics(sb, tmp_path):
+    src = write_lines(tmp_path / "p.jsonl", [chat_line(f"r{i}", f"tell me about {i} things")
+                                              for i in range(7)])
+    code, out = run_json("submit.py", src.name, "--max-requests", "4",
+                         env=script_env(sb.base_url), cwd=tmp_path)
+    assert code == 0 and len(out["batch_ids"]) == 2, out
+    sb.advance()
+    code, res = fetch(sb, tmp_path, out["job"])
+    assert code == 0, res
+    expected = sum(_analytics_cost(sb, b) for b in out["batch_ids"])
+    assert expected > 0 and res["cost_usd"] == round(expected, 6)
+    assert [c for c in sb.calls() if c["path"].endswith("/analytics")]
+    human = run_script("fetch_results.py", out["job"], env=script_env(sb.base_url),
+                       cwd=tmp_path)
+    assert "(the server's analytics)" in human.stdout
+    code, offline = fetch(sb, tmp_path, out["job"], "--offline")
+    assert offline["cost_usd"] is None, "offline the cost is unknown, not zero"
+    assert "projection" not in res, "only a pilot job has a projection"
+
+
+def test_no_cost_where_the_server_reports_none(sandbox_factory, tmp_path):
+    box = sandbox_factory("--openai-compat", "--rate", "0")
+    src = write_lines(tmp_path / "p.jsonl", [chat_line("a", "hello")])
+    job, batch_id = submit(box, src)
+    code, res = 3, {}
+    for _ in range(100):
+        code, res = fetch(box, tmp_path, job.name)
+        if code != 3:
+            break
+    assert code == 0 and res["cost_usd"] is None, res
+
+
+def test_a_pilot_fetch_projects_the_whole_inputs_usage_and_cost(sb, tmp_path):
+    rows = [chat_line(f"r{i}", f"question number {i} " + "word " * (i % 4)) for i in range(10)]
+    rows[1] = chat_line("r1", "this one is refused [[fail:400]]")
+    src = write_lines(tmp_path / "prompts.jsonl", rows)
+    code, sub = run_json("submit.py", src.name, "--pilot", "4", env=script_env(sb.base_url),
+                         cwd=tmp_path)
+    assert code == 0 and sub["completion_window"] == "1h", sub
+    sb.advance()
+    code, res = fetch(sb, tmp_path, sub["job"])
+    assert code == 4, res  # the refused row
+    oks = [r for r in records(tmp_path / "prompts.pilot.results.jsonl") if r["status"] == "ok"]
+    assert len(oks) == 3
+    prompt = sum(r["usage"]["prompt_tokens"] for r in oks)
+    completion = sum(r["usage"]["completion_tokens"] for r in oks)
+    cost = _analytics_cost(sb, sub["batch_ids"][0])
+    assert res["projection"] == {
+        "pilot_requests": 3, "full_requests": 10, "prompt_tokens": round(prompt * 10 / 3),
+        "completion_tokens": round(completion * 10 / 3),
+        "total_tokens": round((prompt + completion) * 10 / 3),
+        "cost_usd": round(cost * 10 / 3, 6), "completion_window": "1h"}
+    assert res["cost_usd"] == round(cost, 6)
+
+
+def test_a_good_pilot_points_to_the_full_submit(sb, tmp_path):
+    src = write_lines(tmp_path / "prompts.jsonl", [chat_line(f"r{i}", f"row {i}")
+                                                    for i in range(6)])
+    code, sub = run_json("submit.py", src.name, "--pilot", "2", env=script_env(sb.base_url),
+                         cwd=tmp_path)
+    assert code == 0, sub
+    sb.advance()
+    proc = run_script("fetch_results.py", sub["job"], env=script_env(sb.base_url),
+                      cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout
+    assert "projection for all 6 requests, from 2 ok pilot answers" in proc.stdout
+    code, res = fetch(sb, tmp_path, sub["job"])
+    assert code == 0 and res["next"].split()[-2:] == ["prompts.jsonl", "--json"], res["next"]
+    assert "--pilot" not in res["next"] and "submit.py" in res["next"]
+    code, full = run_json("submit.py", "prompts.jsonl", env=script_env(sb.base_url),
+                          cwd=tmp_path)
+    assert code == 0 and full["requests"] == 6 and full["job"].endswith("prompts.job.json")

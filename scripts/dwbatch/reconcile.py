@@ -83,6 +83,9 @@ class Summary:
     counts: dict = field(default_factory=lambda: {s: 0 for s in STATUSES})
     usage: dict = field(default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0,
                                                  "total_tokens": 0})
+    # the usage of `ok` records only (what a pilot's projection scales up)
+    ok_usage: dict = field(default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0,
+                                                    "total_tokens": 0})
     # missing records whose batch failed / was cancelled / expired (exit 5)
     missing_from_ended: int = 0
     # missing records of batches that completed (a result should exist): per batch id
@@ -915,7 +918,8 @@ class _Counter:
         usage = record["usage"]
         if usage:
             p, c, t = usage_numbers(usage)
-            totals = self.usage
-            totals["prompt_tokens"] += sign * p
-            totals["completion_tokens"] += sign * c
-            totals["total_tokens"] += sign * t
+            chosen = [self.usage, self.summary.ok_usage] if status == "ok" else [self.usage]
+            for totals in chosen:
+                totals["prompt_tokens"] += sign * p
+                totals["completion_tokens"] += sign * c
+                totals["total_tokens"] += sign * t
