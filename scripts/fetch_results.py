@@ -297,18 +297,26 @@ def main(args: argparse.Namespace) -> cli.Result:
                 "summary": dataclasses.asdict(summary), "retry_counts": writer.counts,
                 "gave_up": writer.policy.gave_up,
                 "gave_up_reasons": writer.policy.reasons_list()})
-    cost = _actual_cost(api, batches)
+    cost = _actual_cost(api, targets, batches)
     return _report(args, targets, plan, summary, writer, retry_path, batches, downloads, cost)
 
 
 # --------------------------------------------------------------------------- cost
 
-def _actual_cost(api, batches: dict):
-    """What the batches really cost (their analytics' total_cost, summed); None when
-    offline, or when the server does not say for every batch."""
+def _actual_cost(api, targets: list[polling.Target], batches: dict):
+    """What the batches really cost (their analytics' total_cost, summed), recorded in the
+    job files; offline, what they recorded. None when the cost of any batch is unknown."""
     if api is None:
-        return None
-    return costs.total_cost(costs.batch_cost(api, batch_id, cli.warn) for batch_id in batches)
+        known: dict = {}
+        for target in targets:
+            if target.job:
+                known.update(costs.recorded_costs(target.job))
+        return costs.total_cost(known.get(batch_id) for batch_id in batches)
+    by_batch = {batch_id: costs.batch_cost(api, batch_id, cli.warn) for batch_id in batches}
+    for target in targets:
+        if target.job_path:
+            costs.record_costs(target.job_path, by_batch)
+    return costs.total_cost(by_batch.values())
 
 
 def _projection(targets: list[polling.Target], summary: reconcile.Summary, cost

@@ -679,7 +679,9 @@ def test_the_actual_cost_is_the_sum_of_the_batches_analytics(sb, tmp_path):
                        cwd=tmp_path)
     assert "(the server's analytics)" in human.stdout
     code, offline = fetch(sb, tmp_path, out["job"], "--offline")
-    assert offline["cost_usd"] is None, "offline the cost is unknown, not zero"
+    assert offline["cost_usd"] == res["cost_usd"], "offline: what the job file recorded"
+    job = json.loads((tmp_path / out["job"]).read_text())
+    assert sum(float(s["total_cost"]) for s in job["shards"]) == pytest.approx(expected)
     assert "projection" not in res, "only a pilot job has a projection"
 
 

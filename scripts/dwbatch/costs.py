@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from decimal import Decimal, InvalidOperation
 
+from . import jobfile
 from .client import APIError, Client
 
 COST_DECIMALS = 6
@@ -45,6 +46,33 @@ def batch_cost(api: Client, batch_id: str, warn: Callable[[str], None] | None = 
             warn(f"the cost of batch {batch_id} is unknown: {exc.message}")
         return None
     return parse_cost(data.get("total_cost")) if isinstance(data, dict) else None
+
+
+def record_costs(job_path: str, by_batch: dict[str, Decimal | None]) -> None:
+    """Keep each shard's cost in the job file (`total_cost`, a decimal string), so an
+    --offline fetch reports what the last online one learnt. Under the job's lock."""
+    with jobfile.job_lock(job_path):
+        job = jobfile.load_job(job_path)
+        changed = False
+        for shard in job["shards"]:
+            if shard.get("batch_id") not in by_batch:
+                continue
+            cost = by_batch[shard["batch_id"]]
+            value = None if cost is None else str(cost)
+            if shard.get("total_cost") != value:
+                changed = True
+                if value is None:
+                    shard.pop("total_cost", None)
+                else:
+                    shard["total_cost"] = value
+        if changed:
+            jobfile.save_job(job_path, job)
+
+
+def recorded_costs(job: dict) -> dict[str, Decimal | None]:
+    """batch id -> the cost a job file recorded (None where it recorded none)."""
+    return {s["batch_id"]: parse_cost(s.get("total_cost"))
+            for s in job.get("shards") or [] if s.get("batch_id")}
 
 
 def total_cost(costs: Iterable[Decimal | None]) -> Decimal | None:
