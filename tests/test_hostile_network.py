@@ -448,3 +448,34 @@ def test_a_key_echoed_in_downloaded_lines_never_reaches_the_job_folder(tmp_path,
     assert_no_key_in_tree(tmp_path)
     record = json.loads((tmp_path / "t.results.jsonl").read_text())
     assert record["status"] == "ok" and record["content"] == "your key is [REDACTED]"
+
+
+def test_an_upload_the_server_reads_at_a_trickle_is_cut_when_it_stops_moving(tmp_path,
+                                                                              monkeypatch):
+    """The upload's deadline (at least 300 s, shortened here) is on progress: a server that
+    takes the body a few KiB at a time cannot hold the command for ever."""
+    from dwbatch import client as client_module
+
+    monkeypatch.setattr(client_module, "UPLOAD_MIN_READ_TIMEOUT", 1.0)
+    path = tmp_path / "big.jsonl"
+    path.write_bytes((json.dumps(chat_line("r0", "x" * 900)) + "\n").encode() * 32_000)
+
+    def answer(h):
+        left = int(h.headers["Content-Length"])
+        start = time.monotonic()
+        while left > 0 and elapsed(start) < 30 and not h.server.stopping.is_set():
+            got = h.rfile.read(min(4096, left))
+            if not got:
+                return
+            left -= len(got)
+            time.sleep(0.2)
+        h.reply(201, {"id": "file_up1", "object": "file", "bytes": 0})
+
+    with Hostile(answer, read_bodies=False) as box, client_for(box, timeout=1.0) as api:
+        start = time.monotonic()
+        with pytest.raises(APIError) as info:
+            api.upload_file(str(path))
+        took = elapsed(start)
+    assert took < 8, f"the upload went on for {took:.1f} s with a 1 s deadline"
+    assert info.value.exit_code == errors.UNAVAILABLE
+    assert "deadline of 1 s" in info.value.message

@@ -263,7 +263,9 @@ def add_network_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     group.add_argument(
         "--base-url", metavar="URL", default=None,
         help="API base URL (default: $DOUBLEWORD_BASE_URL, else https://api.doubleword.ai/v1; "
-             "plain http only to localhost/127.0.0.1/::1, e.g. the sandbox)")
+             "plain http only to localhost, 127.0.0.0/8 or ::1, e.g. the sandbox; refused "
+             "with a user@, a backslash, a query or a fragment; loopback never goes through "
+             "a proxy)")
     group.add_argument(
         "--max-retries", metavar="N", type=non_negative_int, default=DEFAULT_MAX_RETRIES,
         help=f"retries of a call on 429/5xx/network errors, with backoff that honours "

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import cli, errors, families, jobfile, status
+from .safetext import as_data
 
 START_INTERVAL = 2.0
 GROWTH = 1.5
@@ -148,7 +149,8 @@ def warn_base_url_mismatch(targets: list[Target], base_url: str) -> None:
     would answer 404 here)."""
     for target in targets:
         recorded = (target.job or {}).get("base_url")
-        if recorded and recorded.rstrip("/") != base_url.rstrip("/"):
+        if isinstance(recorded, str) and recorded.rstrip("/") != base_url.rstrip("/"):
+            recorded = as_data(recorded)  # a job file handed over is data, like server text
             cli.warn(f"warning: job file {target.job_path} was submitted to {recorded}, but "
                      f"this command talks to {base_url}; pass --base-url {recorded} if its "
                      "batches are not found")
