@@ -22,8 +22,14 @@ from dwbatch.deps import require  # standard library only
 
 require("jsonschema")  # before anything imports them: a clear error, not a traceback
 
-from dwbatch import cli, errors, limits
-from dwbatch.build import BuildOptions, load_response_format, parse_param, write_batch_files
+from dwbatch import cli, errors, limits, provenance, table
+from dwbatch.build import (
+    ID_WIDTH,
+    BuildOptions,
+    load_response_format,
+    parse_param,
+    write_batch_files,
+)
 from dwbatch.errors import InputError
 from dwbatch.inputs import FORMATS, open_source
 from dwbatch.validate import check_files
@@ -219,7 +225,24 @@ def run_build(args: argparse.Namespace) -> cli.Result:
             if ignored:
                 cli.warn(f"note: {source.name} holds ready batch lines, passed through as they "
                          f"are; {', '.join(ignored)} did not apply")
+    _record_source(path, args.output, source.format, opts, result)
     return _build_result(source.name, source.format, result)
+
+
+def _record_source(input_path: str, out_path: str, fmt: str, opts: BuildOptions,
+                   result) -> None:
+    """Beside the batch file: where its requests came from, so fetch_results.py can give
+    the user's own table back (dwbatch.provenance). Ready batch lines and stdin have no
+    table to give back: a stale record of an earlier build goes."""
+    if result.kind != "records" or input_path == "-":
+        provenance.remove(out_path)
+        return
+    answer = table.answer_of(opts.url, opts.response_format)
+    source = provenance.table_source(input_path, fmt, out_path, id_column=opts.id_column,
+                                     id_prefix=opts.id_prefix, id_width=ID_WIDTH,
+                                     answer=answer)
+    provenance.write(out_path, "build", [(s.path, s.sha256) for s in result.shards],
+                     table=source)
 
 
 def _models_text(models: dict) -> str:

@@ -37,6 +37,7 @@ from dwbatch import (
     retry_file,
     retry_policy,
     status,
+    table,
 )
 
 DESCRIPTION = """\
@@ -111,6 +112,17 @@ def build_parser() -> argparse.ArgumentParser:
                              f"{retry_policy.DEFAULT_MAX_ATTEMPTS}); requests the model server "
                              "rejected as invalid (HTTP 400, 404, 413, 422...) are given up at "
                              "once")
+    tables = parser.add_mutually_exclusive_group()
+    tables.add_argument("--table", metavar="PATH", default=None,
+                        help="where to write the user's table: every input row once, in input "
+                             "order, the input's columns as they were, then status, the answer "
+                             "(one column per schema property, or answer / embedding) and "
+                             "error; .csv, .tsv or .jsonl by extension (default: "
+                             "PROMPTS.table.<the input's format> beside the first job file "
+                             "when create_batch_file.py built its requests; without that "
+                             "record, --table writes one row per request, custom_id first)")
+    tables.add_argument("--no-table", action="store_true",
+                        help="do not write the user's table")
     parser.add_argument("--offline", action="store_true",
                         help="no network: reconcile only what is already downloaded, with the "
                              "batch statuses recorded last time (no key needed)")
@@ -167,34 +179,47 @@ class Options:
     statuses: tuple[str, ...]
     raise_tokens: retry_file.TokenRaise | None
     max_attempts: int
+    table_answer: dict
 
     def fingerprint(self, plan: fetch_plan.Plan) -> dict:
+        source = plan.table_source
         return {"format": plan.format, "results": os.path.abspath(plan.results),
                 "retry": os.path.abspath(plan.retry), "retry_statuses": list(self.statuses),
                 "truncated_max_tokens": dataclasses.asdict(self.raise_tokens)
-                if self.raise_tokens else None, "max_attempts": self.max_attempts}
+                if self.raise_tokens else None, "max_attempts": self.max_attempts,
+                "table": os.path.abspath(plan.table) if plan.table else None,
+                "table_format": plan.table_format, "table_source": source,
+                "table_answer": self.table_answer,
+                "table_input": results_stamp.file_state(source["input"]) if source else None}
 
 
 def _join(sources: list, plan: fetch_plan.Plan, options: Options, progress, *, reuse: bool
-          ) -> tuple[reconcile.Summary, retry_file.RetryWriter, dict | None]:
-    """Reconcile into the results and retry files, or keep them when their stamp says that
-    nothing they are built from changed. Returns (summary, retry writer, the fingerprint to
-    stamp once the retry file is committed, or None when the files were kept)."""
+          ) -> tuple[reconcile.Summary, retry_file.RetryWriter, table.TableWriter | None,
+                     dict | None]:
+    """Reconcile into the results and retry files and the user's table, or keep them when
+    their stamp says that nothing they are built from changed. Returns (summary, retry
+    writer, table writer, the fingerprint to stamp once the files are committed, or None
+    when the files were kept)."""
     policy = retry_policy.RetryPolicy(options.statuses, options.max_attempts)
     writer = retry_file.RetryWriter(plan.retry, policy, options.raise_tokens)
+    table_writer = table.TableWriter(plan.table, plan.table_format, plan.table_source,
+                                     options.table_answer) if plan.table else None
     current = results_stamp.fingerprint(sources, options.fingerprint(plan))
-    stored = results_stamp.load_reusable(plan.results, plan.retry, current) if reuse else None
+    stored = results_stamp.load_reusable(plan.results, plan.retry, current,
+                                         (plan.table,)) if reuse else None
     summary = _stored_summary(stored)
     if summary is not None:
         writer.keep(stored["retry_counts"])
         policy.keep(stored["gave_up"], stored["gave_up_reasons"])
+        if table_writer is not None:
+            table_writer.keep(stored["table"])
         cli.warn(f"note: nothing changed since {_show(plan.results)} was written: kept as it "
                  "is (--rebuild writes it again)")
-        return summary, writer, None
+        return summary, writer, table_writer, None
     results_stamp.forget(plan.results)
     summary = results_io.reconcile_to_files(sources, plan.results, plan.format, writer,
-                                            progress=progress)
-    return summary, writer, current
+                                            progress=progress, table_writer=table_writer)
+    return summary, writer, table_writer, current
 
 
 def _stored_summary(stored: dict | None) -> reconcile.Summary | None:
@@ -207,7 +232,8 @@ def _stored_summary(stored: dict | None) -> reconcile.Summary | None:
         if not all(isinstance(n, int) for n in dict(stored["retry_counts"]).values()):
             return None
         if not isinstance(stored["gave_up"], int) or \
-                not isinstance(stored["gave_up_reasons"], list):
+                not isinstance(stored["gave_up_reasons"], list) or \
+                not isinstance(stored["table"], dict):
             return None
     except (KeyError, TypeError, ValueError):
         return None
@@ -257,11 +283,12 @@ def _fetch_command(targets: list[polling.Target]) -> str:
 
 
 def main(args: argparse.Namespace) -> cli.Result:
-    options = Options(retry_file.parse_statuses(args.retry_status),
-                      retry_file.TokenRaise.parse(args.truncated_max_tokens), args.max_attempts)
     targets = polling.resolve_targets(args.targets)
     families.check_related(targets, _fetch_command)
     plan = fetch_plan.Plan(args, targets)
+    options = Options(retry_file.parse_statuses(args.retry_status),
+                      retry_file.TokenRaise.parse(args.truncated_max_tokens), args.max_attempts,
+                      fetch_plan.table_answer(plan, targets))
     progress = cli.warn if sys.stderr.isatty() else None
     with contextlib.ExitStack() as stack:
         for raw_dir in sorted(set(plan.raw_dirs.values())):
@@ -276,8 +303,8 @@ def main(args: argparse.Namespace) -> cli.Result:
             batches = _check_batches(api, targets)
             downloads = _download(api, plan, targets, batches, args.max_retries)
         sources = fetch_plan.sources(plan, targets, batches)
-        summary, writer, stamp = _join(sources, plan, options, progress,
-                                       reuse=not args.rebuild)
+        summary, writer, table_writer, stamp = _join(sources, plan, options, progress,
+                                                     reuse=not args.rebuild)
         if api is not None and summary.missing_from_completed:
             # A completed batch must have a line for every request: the saved copies no
             # longer line up with the server's files (e.g. after a /retry). Once, from 0.
@@ -288,17 +315,23 @@ def main(args: argparse.Namespace) -> cli.Result:
             downloads.update(_download(api, plan, targets, batches, args.max_retries,
                                        refetch=lost))
             writer.abort()
-            summary, writer, stamp = _join(sources, plan, options, progress, reuse=False)
+            if table_writer is not None:
+                table_writer.abort()
+            summary, writer, table_writer, stamp = _join(sources, plan, options, progress,
+                                                         reuse=False)
         # still under the raw folders' locks: the stamp describes these very files
         retry_path = _show(writer.commit())
         _record_origin(targets, retry_path, writer, plan)
+        table_info = table_writer.commit() if table_writer is not None else None
         if stamp is not None:
             results_stamp.save(plan.results, plan.retry, stamp, {
                 "summary": dataclasses.asdict(summary), "retry_counts": writer.counts,
                 "gave_up": writer.policy.gave_up,
-                "gave_up_reasons": writer.policy.reasons_list()})
+                "gave_up_reasons": writer.policy.reasons_list(),
+                "table": table_info or {}}, (plan.table,))
     cost = _actual_cost(api, targets, batches)
-    return _report(args, targets, plan, summary, writer, retry_path, batches, downloads, cost)
+    return _report(args, targets, plan, summary, writer, retry_path, batches, downloads, cost,
+                   table_info)
 
 
 # --------------------------------------------------------------------------- cost
@@ -340,8 +373,8 @@ def _full_submit_command(targets: list[polling.Target], args) -> str | None:
     return cli.script_command("submit.py", *paths, *(["--json"] if args.json else []))
 
 
-def _report(args, targets, plan, summary, writer, retry_path, batches, downloads, cost
-            ) -> cli.Result:
+def _report(args, targets, plan, summary, writer, retry_path, batches, downloads, cost,
+            table_info: dict | None) -> cli.Result:
     results_path = _show(plan.results)
     code = _exit_code(summary, retry_path)
     policy = writer.policy
@@ -375,6 +408,9 @@ def _report(args, targets, plan, summary, writer, retry_path, batches, downloads
     if summary.counts["pending"]:
         notes.append(f"{summary.counts['pending']} requests are still pending: run the same "
                      "command later to fetch the rest (only new lines are downloaded)")
+    table_info = table_info or {}
+    if table_info.get("error"):
+        notes.append(f"the table was not written: {table_info['error']}")
     for note in notes:
         cli.warn("note: " + note)
 
@@ -403,6 +439,9 @@ def _report(args, targets, plan, summary, writer, retry_path, batches, downloads
         "unmatched_results": summary.unmatched_results,
         "after_retry": merge_cmd,
         "cost_usd": costs.cost_number(cost),
+        "table_file": _show(table_info.get("path")),
+        "table_rows": table_info.get("rows"),
+        "table_error": table_info.get("error"),
         "notes": notes,
     }
     projection = _projection(targets, summary, cost)
@@ -428,6 +467,9 @@ def _report(args, targets, plan, summary, writer, retry_path, batches, downloads
                 got.append(f"{kind} {item[kind]['lines']} lines (+{item[kind]['new_lines']})")
         lines.append(f"batch {item['batch_id']}: {item['status']}"
                      + (": " + ", ".join(got) if got else ""))
+    if table_info.get("path"):
+        lines.append(f"table: {fields['table_file']} ({table_info['rows']} rows: "
+                     f"{table_info['columns']})")
     lines.append("raw downloads: " + ", ".join(fields["raw_dirs"]))
     if policy.gave_up:
         lines.append(f"gave up on {policy.gave_up} request(s) (not worth sending again):")

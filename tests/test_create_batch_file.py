@@ -275,9 +275,18 @@ def test_split_by_count_names_and_stale_removal(tmp_path):
            for x in lines_of(tmp_path / f"{p}.jsonl")]
     assert ids == [f"req-{i:06d}" for i in range(1, 8)]
     check_submit_next(env, "out-001.jsonl", "out-002.jsonl", "out-003.jsonl")
+    # one record of where the requests came from, for all the pieces (the user's table)
+    record = json.loads((tmp_path / "out.source.json").read_text())
+    assert [f["path"] for f in record["files"]] == [f["path"] for f in env["files"]]
+    assert [f["sha256"] for f in record["files"]] == [f["sha256"] for f in env["files"]]
+    assert {k: record["table"][k] for k in ("input", "format", "id_column", "id_prefix",
+                                            "answer")} == {
+        "input": "p.txt", "format": "txt", "id_column": None, "id_prefix": "req",
+        "answer": "text"}
     # a later run that fits one file replaces the shards instead of leaving them around
     code, env = build(tmp_path, "p.txt", "-o", "out.jsonl", "--model", "m")
-    assert code == 0 and sorted(os.listdir(tmp_path)) == ["out.jsonl", "p.txt"]
+    assert code == 0 and sorted(os.listdir(tmp_path)) == ["out.jsonl", "out.source.json",
+                                                          "p.txt"]
     assert env["removed_stale"] == ["out-001.jsonl", "out-002.jsonl", "out-003.jsonl"]
 
 

@@ -5,6 +5,8 @@ was joined to its own request."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 from pathlib import Path
@@ -367,8 +369,9 @@ def test_embeddings_and_csv(sb, tmp_path):
     assert code == 0 and out["results_file"] == "emb.results.csv"
     text = (tmp_path / "emb.results.csv").read_text()
     assert text.splitlines()[0].startswith("custom_id,status,content")
-    assert json.loads(text.splitlines()[1].split(",", 13)[-1].strip('"')) == \
-        recs[0]["embedding"]
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert json.loads(rows[0]["embedding"]) == recs[0]["embedding"]
+    assert (rows[0]["attempts"], rows[0]["retriable"]) == ("1", "")
 
 
 def test_responses_endpoint_text_truncation_and_schema(sb, tmp_path):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from . import cli, download, errors, jobfile, polling, reconcile, results_io, status
+from . import cli, download, errors, jobfile, polling, reconcile, results_io, status, table
 
 
 class Plan:
@@ -37,15 +37,40 @@ class Plan:
                     os.path.dirname(os.path.abspath(target.job_path)),
                     jobfile.job_stem(target.job_path) + ".raw")
         self.retry = self._retry_path(args.retry_file)
-        for what, path in (("-o", self.results), ("--retry-file", self.retry)):
+        self.table_source = _table_source(first)
+        self.table, self.table_format = self._table_path(args)
+        writes = [("-o", self.results), ("--retry-file", self.retry)]
+        if self.table:
+            writes.append(("--table", self.table))
+        for what, path in writes:
             if os.path.abspath(path) in self.taken:
                 raise errors.InputError(
                     f"{what} {path} is the input file of a submitted job: writing there would "
                     "destroy the requests its results are joined to",
                     hint=f"choose another path for {what}")
-        if os.path.abspath(self.results) == os.path.abspath(self.retry):
-            raise errors.InputError(f"-o and --retry-file are the same file ({self.results})",
-                                    hint="give them different paths")
+        if self.table and self.table_source and \
+                os.path.abspath(self.table) == self.table_source["input"]:
+            raise errors.InputError(f"--table {self.table} is the user's own input file: "
+                                    "the table is written beside it, never over it",
+                                    hint="choose another --table path")
+        seen: dict[str, str] = {}
+        for what, path in writes:
+            other = seen.setdefault(os.path.abspath(path), what)
+            if other != what:
+                raise errors.InputError(f"{other} and {what} are the same file ({path})",
+                                        hint="give them different paths")
+
+    def _table_path(self, args: argparse.Namespace) -> tuple[str | None, str | None]:
+        """The user's table: --table PATH, else <stem>.table.<ext> beside the first job
+        when its requests came from a recorded input; none with --no-table."""
+        if args.no_table:
+            return None, None
+        if args.table:
+            return args.table, table.format_of(args.table)
+        if self.table_source is None:
+            return None, None
+        ext = table.default_extension(self.table_source)
+        return os.path.join(self.base_dir, f"{self.stem}.table.{ext}"), ext
 
     def _retry_path(self, given: str | None) -> str:
         if given:
@@ -57,6 +82,24 @@ class Plan:
                     not os.path.exists(jobfile.default_job_path(path)):
                 return path
             n += 1
+
+
+def _table_source(first: polling.Target) -> dict | None:
+    """The first job's recorded input (its path made absolute), or None."""
+    source = (first.job or {}).get("source")
+    if not isinstance(source, dict) or not isinstance(source.get("input"), str):
+        return None
+    return dict(source, input=jobfile.abs_path(first.job_path, source["input"]))
+
+
+def table_answer(plan: Plan, targets: list[polling.Target]) -> dict:
+    """What the table's answer columns are: as recorded, else from the first job's
+    endpoint (embeddings) or plain text."""
+    if plan.table_source:
+        return {k: plan.table_source[k] for k in ("answer", "properties")
+                if k in plan.table_source}
+    endpoint = (targets[0].job or {}).get("endpoint")
+    return table.answer_of(endpoint, None)
 
 
 def retry_name(stem: str, n: int) -> str:

@@ -16,6 +16,7 @@ relative to the record's folder.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -56,6 +57,28 @@ def write(batch_path: str, kind: str, files: list[tuple[str, str]], **content) -
                         for p, sha in files], **content}
     write_json_atomic(path, record)
     return path
+
+
+def sha256_of(path: str) -> str:
+    """sha256 of a file, read a block at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def table_source(input_path: str, fmt: str, batch_path: str, *, id_column: str | None,
+                 id_prefix: str, id_width: int, answer: dict) -> dict:
+    """The `table` part of a build's record: the user's input (relative to the record),
+    its format and sha256, how ids were made, and what the answers look like."""
+    base = os.path.dirname(os.path.abspath(record_path(batch_path)))
+    out = {"input": os.path.relpath(os.path.abspath(input_path), base), "format": fmt,
+           "sha256": sha256_of(input_path), "id_column": id_column}
+    if id_column is None:
+        out.update(id_prefix=id_prefix, id_width=id_width)
+    out.update(answer)
+    return out
 
 
 def remove(batch_path: str) -> None:

@@ -7,6 +7,7 @@ import csv
 import json
 from collections.abc import Iterator
 
+from .csv_safe import cell
 from .fsutil import atomic_open
 from .reconcile import usage_numbers
 
@@ -15,7 +16,8 @@ FORMATS = ("jsonl", "csv")
 # The CSV's columns: the contract's record flattened; nested values as JSON text.
 CSV_COLUMNS = ("custom_id", "status", "content", "finish_reason", "prompt_tokens",
                "completion_tokens", "total_tokens", "error_type", "error_status_code",
-               "error_message", "batch_id", "json", "tool_calls", "embedding")
+               "error_message", "batch_id", "json", "tool_calls", "embedding", "attempts",
+               "retriable")
 
 
 def _json_text(value) -> str:
@@ -23,22 +25,24 @@ def _json_text(value) -> str:
 
 
 def csv_row(record: dict) -> list:
-    """One CSV row of a record."""
+    """One CSV row of a record; text from the model or the server is spreadsheet-safe."""
     prompt, completion, total = usage_numbers(record.get("usage"))
     has_usage = isinstance(record.get("usage"), dict)
     error = record.get("error") or {}
     content = record.get("content")
+    retriable = record.get("retriable")
     return [
         record.get("custom_id"), record.get("status"),
-        "" if content is None else content,
-        record.get("finish_reason") or "",
+        cell("" if content is None else content),
+        cell(record.get("finish_reason") or ""),
         prompt if has_usage else "", completion if has_usage else "",
         total if has_usage else "",
-        error.get("type") or "", "" if error.get("status_code") is None else
-        error["status_code"], error.get("message") or "",
-        record.get("batch_id") or "",
-        _json_text(record.get("json")) if "json" in record else "",
-        _json_text(record.get("tool_calls")), _json_text(record.get("embedding")),
+        cell(error.get("type") or ""), "" if error.get("status_code") is None else
+        error["status_code"], cell(error.get("message") or ""),
+        cell(record.get("batch_id") or ""),
+        cell(_json_text(record.get("json"))) if "json" in record else "",
+        cell(_json_text(record.get("tool_calls"))), cell(_json_text(record.get("embedding"))),
+        record.get("attempts", ""), "" if retriable is None else str(retriable).lower(),
     ]
 
 
@@ -103,11 +107,12 @@ def format_from_path(path: str | None, default: str = "jsonl") -> str:
 
 
 def reconcile_to_files(sources, results_path: str, fmt: str, retry_writer=None,
-                       tmp_dir: str | None = None, progress=None):
-    """Reconcile `sources` into the results file (and the retry file); returns the Summary.
+                       tmp_dir: str | None = None, progress=None, table_writer=None):
+    """Reconcile `sources` into the results file (and the retry file and the user's table);
+    returns the Summary.
 
-    Both files appear complete or not at all: on any failure the results file keeps its
-    previous version and no partial retry file is left behind.
+    Each file appears complete or not at all: on any failure the results file keeps its
+    previous version and no partial retry file or table is left behind.
     """
     from .reconcile import reconcile
 
@@ -117,10 +122,13 @@ def reconcile_to_files(sources, results_path: str, fmt: str, retry_writer=None,
                 out.write(chosen.record)
                 if retry_writer is not None:
                     retry_writer.consider(chosen.record, chosen.request_line)
+                if table_writer is not None:
+                    table_writer.add(chosen.record)
 
             summary = reconcile(sources, on_record, tmp_dir=tmp_dir, progress=progress)
     except BaseException:
-        if retry_writer is not None:
-            retry_writer.abort()
+        for writer in (retry_writer, table_writer):
+            if writer is not None:
+                writer.abort()
         raise
     return summary

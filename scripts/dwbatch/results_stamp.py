@@ -26,7 +26,8 @@ from .fsutil import write_json_atomic
 
 STAMP_VERSION = 2
 # The modules whose code decides the bytes of the results and retry files.
-_JOIN_MODULES = ("reconcile.py", "results_io.py", "retry_file.py", "retry_policy.py")
+_JOIN_MODULES = ("reconcile.py", "results_io.py", "retry_file.py", "retry_policy.py",
+                 "table.py", "csv_safe.py", "inputs.py")
 
 
 def stamp_path(results_path: str) -> str:
@@ -73,7 +74,8 @@ def fingerprint(sources, options: dict) -> dict:
             "sources": items}
 
 
-def load_reusable(results_path: str, retry_path: str, current: dict) -> dict | None:
+def load_reusable(results_path: str, retry_path: str, current: dict,
+                  others: tuple[str | None, ...] = ()) -> dict | None:
     """The outcome stored with the stamp when it vouches for the files as they are, else None."""
     try:
         with open(stamp_path(results_path), encoding="utf-8") as f:
@@ -84,7 +86,8 @@ def load_reusable(results_path: str, retry_path: str, current: dict) -> dict | N
         return None
     if file_state(results_path) is None or \
             stamp.get("results_state") != file_state(results_path) or \
-            stamp.get("retry_state") != file_state(retry_path):
+            stamp.get("retry_state") != file_state(retry_path) or \
+            stamp.get("other_states", []) != [file_state(p) for p in others]:
         return None
     outcome = stamp.get("outcome")
     return outcome if isinstance(outcome, dict) else None
@@ -96,8 +99,10 @@ def forget(results_path: str) -> None:
         os.unlink(stamp_path(results_path))
 
 
-def save(results_path: str, retry_path: str, current: dict, outcome: dict) -> None:
+def save(results_path: str, retry_path: str, current: dict, outcome: dict,
+         others: tuple[str | None, ...] = ()) -> None:
     """Record that the results and retry files as they are now were built from `current`."""
     write_json_atomic(stamp_path(results_path), {
         "fingerprint": current, "results_state": file_state(results_path),
-        "retry_state": file_state(retry_path), "outcome": outcome})
+        "retry_state": file_state(retry_path),
+        "other_states": [file_state(p) for p in others], "outcome": outcome})
