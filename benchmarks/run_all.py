@@ -31,6 +31,7 @@ BENCHMARKS = {
     "upload": ("bench_upload.py", ["--size-mb", "200"], ["--size-mb", "20"]),
     "download": ("bench_download.py", ["--lines", "1000000"], ["--lines", "50000"]),
     "reconcile": ("bench_reconcile.py", ["--requests", "1000000"], ["--requests", "50000"]),
+    "table": ("bench_table.py", ["--requests", "1000000"], ["--requests", "50000"]),
     "poll": ("bench_poll_calls.py", ["--scale", "30", "--requests", "1200"],
              ["--scale", "240", "--requests", "600"]),
     "workflow": ("bench_workflow.py", ["--requests", "100000"], ["--requests", "5000"]),

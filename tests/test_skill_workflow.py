@@ -3,6 +3,7 @@ order shown, against the sandbox, each exiting as SKILL.md says it will."""
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import shlex
@@ -63,6 +64,18 @@ def test_workflow_commands_run_in_order_and_exit_as_documented(sandbox_factory, 
     assert [r["custom_id"] for r in results] == ["a1", "a2", "a3", "a4"]
     assert all(r["status"] == "ok" for r in results)
     assert results[1]["content"].endswith("Terrible service")
+    # the user's own table: rows.csv with the answers added, cell by cell
+    with open(tmp_path / "prompts.table.csv", newline="", encoding="utf-8") as f:
+        table = list(csv.DictReader(f))
+    source = [dict(zip(["id", "text"], r.split(","), strict=True)) for r in rows[1:]]
+    assert [{"id": t["id"], "text": t["text"]} for t in table] == source
+    assert [(t["status"], t["answer"], t["error"]) for t in table] == [
+        ("ok", r["content"], "") for r in results]
+    # ... and a valid input for the next stage
+    nxt = _run("python3 {baseDir}/scripts/create_batch_file.py prompts.table.csv -o next.jsonl "
+               "--model MODEL --id-column id --template 'Shorten: {answer}' --json",
+               tmp_path, env)
+    assert nxt.returncode == 0, nxt.stdout + nxt.stderr
     assert (tmp_path / "prompts.job.json").exists()
     assert (tmp_path / "prompts.retry.job.json").exists()
     assert_no_key_in_tree(tmp_path)
