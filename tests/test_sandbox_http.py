@@ -447,8 +447,10 @@ def test_delete_batch_and_delete_file(manual):
     r = requests.delete(f"{sb.base_url}/files/{fid}", headers=AUTH, timeout=10)
     assert r.json() == {"id": fid, "object": "file", "deleted": True}
     assert sb.get(f"/files/{fid}").status_code == 404
-    assert get_batch(sb, running["id"])["status"] == "cancelling", \
+    after = get_batch(sb, running["id"])
+    assert after["status"] == "cancelling", \
         "deleting the input file cancels batches still running on it"
+    assert "input_file_id" not in after, "and unlinks it from them; the batch stays"
 
 
 # --- lists ------------------------------------------------------------------------------------

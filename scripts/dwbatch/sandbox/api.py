@@ -51,6 +51,9 @@ def batch_object(store: Store, batch: Batch) -> dict:
     obj = {"id": batch.id, "object": "batch", "endpoint": batch.endpoint,
            "input_file_id": batch.input_file_id, "completion_window": batch.completion_window,
            "status": batch.status}
+    source = store.files.get(batch.input_file_id)
+    if source is not None and source.deleted:
+        del obj["input_file_id"]  # deleting a file unlinks it from its batches (SET NULL)
     if not store.options.openai_compat:
         obj["output_file_id"] = batch.output.id
         obj["error_file_id"] = batch.errors.id
