@@ -453,6 +453,8 @@ def test_a_403_model_answer_at_upload_is_the_same_error_not_exit_6(sandbox, tmp_
     assert code == 2 and out["error"]["code"] == "model_not_available", out
     assert out["model"] == "no-such-model" and out["requests"] == 2
     assert "has not been configured" in out["server_message"]
+    assert "the server refused the upload" in out["error"]["message"]
+    assert "batches.py" in out["next"] and "models" in out["next"]
     assert not posts(sandbox, "/v1/batches")
     assert files_on_server(sandbox) == []
 

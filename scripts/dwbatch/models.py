@@ -12,7 +12,7 @@ import difflib
 import re
 import sys
 
-from . import errors
+from . import cli, errors
 from .client import APIError, Client
 
 MODEL_REFUSED = re.compile(r"Model '(?P<model>[^']*)' has not been configured or is not "
@@ -41,13 +41,16 @@ def closest_names(model: str, available: list[str]) -> list[str]:
 
 
 def not_available_error(model: str, requests: int | None, available: list[str] | None,
-                        *, uploaded_nothing: bool = True, extra: dict | None = None
-                        ) -> errors.InputError:
-    """exit 2 `model_not_available`: the model, how many requests use it, the closest names."""
+                        *, uploaded_nothing: bool = True, refused: str | None = None,
+                        extra: dict | None = None) -> errors.InputError:
+    """exit 2 `model_not_available`: the model, how many requests use it, the closest names.
+    `refused`: the server's words when it was the upload that was refused."""
     closest = closest_names(model, available or [])
     uses = f" ({requests:,} request{'s' if requests != 1 else ''} use it)" \
         if requests is not None else ""
     message = f"model {model!r}{uses} is not available to this key"
+    if refused:
+        message = f"{refused}: the server refused the upload because {message}"
     if closest:
         message += f"; closest available: {', '.join(closest)}"
     elif available:
@@ -59,7 +62,8 @@ def not_available_error(model: str, requests: int | None, available: list[str] |
             "NAME, then run the same submit command again")
     fields = {"model": model, "requests": requests, "closest": closest}
     fields.update(extra or {})
-    return errors.InputError(message, code="model_not_available", hint=hint, extra=fields)
+    return errors.InputError(message, code="model_not_available", hint=hint, extra=fields,
+                             next=cli.script_command("batches.py", "models", "--json"))
 
 
 def fetch_available(client: Client) -> list[str] | None:

@@ -587,6 +587,7 @@ def _upload_error(exc: APIError, shard: dict, path: str, job: dict, job_path: st
         count = (used_models or {}).get(model) or (shard.get("models") or {}).get(model)
         return models.not_available_error(
             model, count, available, uploaded_nothing=False,
+            refused=f"uploading {name} ({exc.status} {exc.server_message})",
             extra={"job": job_path, "http_status": exc.status,
                    "server_message": exc.server_message})
     if exc.status == 413:
