@@ -250,3 +250,42 @@ def test_a_build_split_into_several_files_gives_one_table(sb, tmp_path):
     got = read_csv(tmp_path / "b-001.table.csv")
     assert [(g["prompt"], g["answer"]) for g in got] == [(f"prompt {i}", f"ECHO prompt {i}")
                                                          for i in range(5)]
+
+
+def test_a_refetch_with_nothing_new_keeps_the_table_and_a_lost_table_is_written_again(
+        sb, tmp_path):
+    write_csv(tmp_path / "rows.csv", [{"id": f"k{i}", "text": f"t {i}"} for i in range(3)])
+    job = build_submit(sb, tmp_path, "rows.csv", "b.jsonl", "--model", "sandbox-chat",
+                       "--prompt-column", "text", "--id-column", "id")
+    advance(sb, job)
+    assert run(sb, tmp_path, "fetch_results.py", job.name)[0] == 0
+    table = tmp_path / "b.table.csv"
+    before = (table.stat().st_ino, table.read_bytes())
+    code, out = run(sb, tmp_path, "fetch_results.py", job.name, "--offline")
+    assert code == 0 and out["table_file"] == "b.table.csv" and out["table_rows"] == 3
+    assert (table.stat().st_ino, table.read_bytes()) == before, "kept as it was"
+    table.unlink()
+    code, out = run(sb, tmp_path, "fetch_results.py", job.name, "--offline")
+    assert code == 0 and table.read_bytes() == before[1], "written again, the same"
+
+
+def test_a_job_records_a_source_only_when_every_input_comes_from_the_same_build(tmp_path):
+    from dwbatch import provenance
+
+    def build(name: str, rows: str) -> tuple[str, str]:
+        (tmp_path / f"{name}.txt").write_text(rows)
+        batch = tmp_path / f"{name}.jsonl"
+        batch.write_text(rows)  # any bytes: the record vouches for them by sha256
+        sha = provenance.sha256_of(str(batch))
+        provenance.write(str(batch), "build", [(str(batch), sha)], table=provenance.table_source(
+            str(tmp_path / f"{name}.txt"), "txt", str(batch), id_column=None, id_prefix="req",
+            id_width=6, answer={"answer": "text"}))
+        return str(batch), sha
+
+    a, b = build("a", "x\n"), build("b", "y\n")
+    job = str(tmp_path / "sub" / "a.job.json")
+    assert provenance.for_job([a], job)["source"]["input"] == "../a.txt"
+    assert provenance.for_job([a, b], job) == {}, "two builds: no one table"
+    (tmp_path / "a.jsonl").write_text("changed\n")
+    changed = (a[0], provenance.sha256_of(a[0]))
+    assert provenance.for_job([changed], job) == {}, "a record never vouches for other bytes"
