@@ -57,9 +57,18 @@ unrelated_jobs). Each record carries "attempts" (how many of the given jobs sent
 not ok/pending, "retriable". The retry file (which submit.py accepts) holds only what is worth
 sending again: retriable records sent fewer than --max-attempts times; the rest are given up
 and listed by reason ("gave_up_reasons"). With nothing left to retry: no retry file, exit 4,
-next null: the job is finished. A re-run with nothing new (no new lines, same batch statuses, same
-options) keeps the results and retry files as they are and reports the same summary (a stamp
-beside the results file, .NAME.stamp.json, records what they were built from).
+next null: the job is finished.
+
+The user's table (the deliverable): when create_batch_file.py built the job's requests, it
+also writes PROMPTS.table.<the input's format> beside the first job file: every input row
+once, in input order, the input's own cells as read, then status, the answer (one column per
+top-level property of the response schema, else answer, or embedding) and error. Rows are
+matched by id, not by position; cells from the model or server are spreadsheet-safe (a
+leading ' before = + - @). --table PATH (.csv, .tsv or .jsonl) or --no-table to choose.
+
+A re-run with nothing new (no new lines, same batch statuses, same options) keeps the
+results, retry and table files as they are and reports the same summary (a stamp beside the
+results file, .NAME.stamp.json, records what they were built from).
 
 The summary gives the token usage and the actual cost (cost_usd: the batches' own
 GET /batches/{id}/analytics total_cost, summed; null when the server does not report it, or
@@ -75,7 +84,7 @@ current folder, named after the first batch id."""
 EXAMPLES = [
     "python3 scripts/fetch_results.py prompts.job.json --json",
     "python3 scripts/fetch_results.py prompts.job.json prompts.retry.job.json --json",
-    "python3 scripts/fetch_results.py prompts.job.json --format csv -o results.csv",
+    "python3 scripts/fetch_results.py prompts.job.json --table answers.tsv --json",
     "python3 scripts/fetch_results.py 3fa85f64-5717-4562-b3fc-2c963f66afa6 "
     "--retry-status error,missing --truncated-max-tokens 2x",
 ]
