@@ -40,7 +40,7 @@ import requests
 import urllib3
 from requests.structures import CaseInsensitiveDict
 
-from . import __version__, bodies, errors
+from . import __version__, bodies, errors, shapes
 from .config import Settings, is_loopback_host
 from .deadline import PROGRESS_BYTES, Deadline, WatchedAdapter
 from .safetext import as_data, for_terminal, map_strings
@@ -89,6 +89,19 @@ class APIError(errors.DWError):
 
 class AmbiguousOutcome(APIError):
     """A non-idempotent call whose answer was lost: the server may or may not have done it."""
+
+
+class LineTooLong(errors.DWError):
+    """A downloaded line passed the length cap: the download stops there (exit 7)."""
+
+    def __init__(self, path: str, line_no: int, cap: int) -> None:
+        super().__init__(
+            f"GET {path}: line {line_no} is longer than {cap:,} bytes (the --max-line-bytes "
+            "cap on one result line); the download stopped there and the lines before it "
+            "are kept", code="line_too_long", exit_code=errors.UNAVAILABLE,
+            extra={"line": line_no, "max_line_bytes": cap},
+            hint="a result line that long is most likely a broken server or proxy answer; if "
+                 "the results really are that large, re-run with a higher --max-line-bytes")
 
 
 class StreamInterrupted(APIError):
@@ -735,13 +748,16 @@ class Client:
 
     def iter_list(self, path: str, params: dict | None = None, *,
                   page_size: int = LIST_PAGE_SIZE, max_items: int | None = None,
-                  max_pages: int = MAX_LIST_PAGES) -> Iterator[dict]:
+                  max_pages: int = MAX_LIST_PAGES,
+                  check_item: Callable[[object, str], dict] | None = None
+                  ) -> Iterator[dict]:
         """Every item of a list endpoint, following has_more / last_id page by page.
 
         A server that keeps saying has_more for ever, or whose cursor stops moving (the same
         `after` twice), must not keep a command paging for ever: after `max_pages` pages, or
         at the first repeated cursor, this raises APIError (exit 7, `bad_response`) rather
-        than hand back a list that silently misses items.
+        than hand back a list that silently misses items. Each page, and each item with
+        `check_item(item, where)`, is checked (shapes.py).
         """
         params = {k: v for k, v in (params or {}).items() if v is not None}
         after = params.pop("after", None)
@@ -757,8 +773,9 @@ class Client:
             items = data.get("data") if isinstance(data, dict) else None
             if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
                 raise self._bad_page(path, "it is not a list page ({\"data\": [objects...]})")
+            shapes.page(data, f"GET {path}")
             for item in items:
-                yield item
+                yield check_item(item, f"GET {path}") if check_item else item
                 count += 1
                 if max_items is not None and count >= max_items:
                     return
@@ -802,7 +819,7 @@ class Client:
         read_timeout = max(self.settings.timeout, UPLOAD_MIN_READ_TIMEOUT)
         resp = self.request("POST", "/files", body_factory=body_factory,
                             read_timeout=read_timeout, idempotent=idempotent)
-        obj = self._json(resp, "POST", "/files")
+        obj = shapes.file(self._json(resp, "POST", "/files"), "POST /files")
         sent = bodies[-1].sent_sha256 if bodies else None
         if expected_sha256 and sent and sent != expected_sha256:
             if obj.get("id"):
@@ -817,7 +834,8 @@ class Client:
         return obj
 
     def get_file(self, file_id: str) -> dict:
-        return self.get_json(f"/files/{file_id}")
+        return shapes.file(self.get_json(f"/files/{file_id}"), f"GET /files/{file_id}",
+                           file_id)
 
     def delete_file(self, file_id: str) -> dict:
         path = f"/files/{file_id}"
@@ -826,13 +844,13 @@ class Client:
     def list_files(self, *, purpose: str | None = None, max_items: int | None = None,
                    order: str | None = None) -> list[dict]:
         return list(self.iter_list("/files", {"purpose": purpose, "order": order},
-                                   max_items=max_items))
+                                   max_items=max_items, check_item=shapes.file))
 
     def find_files(self, filename: str, *, size: int | None = None) -> list[dict]:
         """Files whose filename is exactly `filename` (and whose size is `size`, if given),
         found with GET /files?search= (a case-insensitive substring match on the server)."""
         found = []
-        for item in self.iter_list("/files", {"search": filename}):
+        for item in self.iter_list("/files", {"search": filename}, check_item=shapes.file):
             if item.get("filename") != filename:
                 continue
             if size is not None and item.get("bytes") != size:
@@ -879,17 +897,20 @@ class Client:
                       "completion_window": completion_window}
         if metadata:
             body["metadata"] = {str(k): str(v) for k, v in metadata.items()}
-        return self._json(self.request("POST", "/batches", json_body=body, idempotent=False),
-                          "POST", "/batches")
+        return shapes.batch(self._json(self.request("POST", "/batches", json_body=body,
+                                                    idempotent=False), "POST", "/batches"),
+                            "POST /batches")
 
     def get_batch(self, batch_id: str) -> dict:
-        return self.get_json(f"/batches/{batch_id}")
+        return shapes.batch(self.get_json(f"/batches/{batch_id}"), f"GET /batches/{batch_id}",
+                            batch_id)
 
     def iter_batches(self, *, search: str | None = None, status: str | None = None,
                      after: str | None = None, max_items: int | None = None,
                      page_size: int = LIST_PAGE_SIZE) -> Iterator[dict]:
         return self.iter_list("/batches", {"search": search, "status": status, "after": after},
-                              page_size=page_size, max_items=max_items)
+                              page_size=page_size, max_items=max_items,
+                              check_item=shapes.batch)
 
     def list_batches(self, *, search: str | None = None, status: str | None = None,
                      after: str | None = None, limit: int | None = None) -> list[dict]:
@@ -908,12 +929,21 @@ class Client:
 
     def cancel_batch(self, batch_id: str) -> dict:
         path = f"/batches/{batch_id}/cancel"
-        return self._json(self.request("POST", path), "POST", path)
+        return self._batch_or_empty(self._json(self.request("POST", path), "POST", path),
+                                    path, batch_id)
 
     def retry_batch(self, batch_id: str) -> dict:
         """Doubleword extension: failed and cancelled requests go back to pending, same batch."""
         path = f"/batches/{batch_id}/retry"
-        return self._json(self.request("POST", path), "POST", path)
+        return self._batch_or_empty(self._json(self.request("POST", path), "POST", path),
+                                    path, batch_id)
+
+    @staticmethod
+    def _batch_or_empty(obj: object, path: str, batch_id: str) -> dict:
+        """An action's answer: the Batch (checked), or {} when the server sent no body."""
+        if obj == {}:
+            return {}
+        return shapes.batch(obj, f"POST {path}", batch_id)
 
     def delete_batch(self, batch_id: str) -> dict:
         path = f"/batches/{batch_id}"
@@ -936,8 +966,25 @@ def client_from_args(args, *, on_retry: Callable[[str], None] | None = default_r
     return Client(settings_from_args(args), on_retry=on_retry)
 
 
-def iter_line_blocks(stream: LineStream, max_lines: int | None = None
-                     ) -> Iterator[tuple[list, int]]:
+def _overlong_line(chunk: bytes, run: int, cap: int) -> tuple[int, int | None]:
+    """Line lengths in `chunk`, given `run` bytes of a line begun before it: (the length of
+    the line begun at its end, None) or, when a line passes `cap` bytes, (0, where that line
+    starts in the chunk: 0 when it began before the chunk)."""
+    start = 0
+    while True:
+        nl = chunk.find(b"\n", start)
+        if nl < 0:
+            run += len(chunk) - start
+            return (0, start) if run > cap else (run, None)
+        if run + nl - start + 1 > cap:
+            return 0, start
+        if cap >= len(chunk):  # no later line of this chunk can pass the cap
+            return len(chunk) - chunk.rfind(b"\n") - 1, None
+        run, start = 0, nl + 1
+
+
+def iter_line_blocks(stream: LineStream, max_lines: int | None = None,
+                     max_line_bytes: int | None = None) -> Iterator[tuple[list, int]]:
     """A LineStream's complete lines in blocks: (pieces, number of lines).
 
     `pieces` is a list of bytes-like objects to write one after the other; together they end
@@ -947,29 +994,40 @@ def iter_line_blocks(stream: LineStream, max_lines: int | None = None
     handed out (it is left in `stream.partial`), and a break raises StreamInterrupted after
     every complete line before it was handed out. max_lines: stop after that many lines (the
     rest is not read). A block holding the key (in any spelling) is handed out redacted.
+    max_line_bytes: a line longer than that raises LineTooLong (after the lines before it
+    were handed out), so memory stays bounded whatever the server sends.
     """
     tail: list[bytes] = []  # the start of a line that continues in the next chunk
+    run = 0  # bytes of the line begun in `tail`
     try:
         for chunk in stream.chunks():
+            overlong = None
+            if max_line_bytes is not None:
+                run, overlong = _overlong_line(chunk, run, max_line_bytes)
+                if overlong is not None:
+                    chunk = chunk[:overlong]  # hand out the complete lines before it
             end = chunk.rfind(b"\n") + 1
             if end == 0:
                 tail.append(chunk)
-                continue
-            n = chunk.count(b"\n")
-            if max_lines is not None and stream.lines_read + n >= max_lines:
-                keep = max_lines - stream.lines_read
-                cut = 0
-                for _ in range(keep):
-                    cut = chunk.index(b"\n", cut) + 1
-                stream.lines_read += keep
+            else:
+                n = chunk.count(b"\n")
+                if max_lines is not None and stream.lines_read + n >= max_lines:
+                    keep = max_lines - stream.lines_read
+                    cut = 0
+                    for _ in range(keep):
+                        cut = chunk.index(b"\n", cut) + 1
+                    stream.lines_read += keep
+                    stream.close()
+                    if keep:
+                        yield _scrubbed(stream, tail, chunk, cut), keep
+                    return
+                pieces = _scrubbed(stream, tail, chunk, end)
+                tail = [chunk[end:]] if end < len(chunk) else []
+                stream.lines_read += n
+                yield pieces, n
+            if overlong is not None:
                 stream.close()
-                if keep:
-                    yield _scrubbed(stream, tail, chunk, cut), keep
-                return
-            pieces = _scrubbed(stream, tail, chunk, end)
-            tail = [chunk[end:]] if end < len(chunk) else []
-            stream.lines_read += n
-            yield pieces, n
+                raise LineTooLong(stream._path, stream.lines_read + 1, max_line_bytes)
     except (*BROKEN_CONNECTION, bodies.BodyRefused) as exc:
         raise stream._broke_off(exc, b"".join(tail)) from None
     stream._ended(b"".join(tail))

@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
 
-from . import errors
+from . import errors, shapes
 from .fsutil import exclusive_lock, write_json_atomic
 
 JOB_VERSION = 1
@@ -156,7 +156,35 @@ def validate_job(job: object, path: str) -> dict:
         for key in ("request_counts", "downloaded"):
             _need(shard.get(key) is None or isinstance(shard[key], dict), path,
                   f"{where}.{key} must be an object or null")
+        _check_server_values(shard, where, path)
     return job
+
+
+_ID_FIELDS = ("file_id", "batch_id", "output_file_id", "error_file_id")
+
+
+def _check_server_values(shard: dict, where: str, path: str) -> None:
+    """What the server said, held to the rules it was checked by when it arrived (shapes.py):
+    a job file never holds what the scripts would refuse to use (ids name local files)."""
+    for key in _ID_FIELDS:
+        value = shard.get(key)
+        _need(value is None or shapes.is_id(value), path,
+              f"{where}.{key}: {shapes.id_problem(value)}")
+    status = shard.get("status")
+    _need(status is None or shapes.STATUS_PATTERN.fullmatch(status) is not None, path,
+          f"{where}.status must be a word such as \"in_progress\", found {status!r}")
+    for key, value in (shard.get("request_counts") or {}).items():
+        _need(value is None or (isinstance(value, int) and not isinstance(value, bool)
+                                and value >= 0), path,
+              f"{where}.request_counts.{key} must be a whole number >= 0, found {value!r}")
+    for key, value in (shard.get("downloaded") or {}).items():
+        if key.endswith(("_lines", "_bytes")):
+            _need(value is None or (isinstance(value, int) and not isinstance(value, bool)
+                                    and value >= 0), path,
+                  f"{where}.downloaded.{key} must be a whole number >= 0, found {value!r}")
+        elif key.endswith("_file_id"):
+            _need(value is None or shapes.is_id(value), path,
+                  f"{where}.downloaded.{key}: {shapes.id_problem(value)}")
 
 
 def load_job(path: str) -> dict:

@@ -14,6 +14,7 @@ MAX_FILE_BYTES = 200_000_000          # per input file, as documented for the ho
 MAX_REQUESTS = 50_000                 # requests per input file, as documented
 MAX_BODY_BYTES = 10 * 1024 * 1024     # one request body, enforced by the server
 MAX_CUSTOM_ID_BYTES = 64              # UTF-8 bytes, not characters: the server counts bytes
+MAX_RESULT_LINE_BYTES = 64 * 1024 * 1024  # one downloaded result line (fetch_results.py)
 DEFAULT_MAX_PROBLEMS = 50             # problems listed before "… and N more"
 
 # --endpoint short name -> the `url` of every line (and the batch's `endpoint`).

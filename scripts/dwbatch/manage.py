@@ -11,7 +11,7 @@ import os
 import time
 from datetime import datetime, timezone
 
-from . import cli, client, errors, jobfile, polling, status
+from . import cli, client, errors, jobfile, polling, shapes, status
 
 DEFAULT_LIST_LIMIT = 20
 
@@ -40,8 +40,8 @@ def _check_id(arg: str) -> None:
     if os.path.isfile(arg):
         raise errors.InputError(f"{arg} is a file, not a batch id or job file (*.json)",
                                 hint="pass the job file submit.py wrote, or a batch id")
-    if not arg.strip() or any(c.isspace() for c in arg) or "/" in arg:
-        raise errors.InputError(f"{arg!r} is not a batch id",
+    if not shapes.is_id(arg):
+        raise errors.InputError(f"{arg!r} is not a batch id ({shapes.id_problem(arg)})",
                                 hint="batch ids look like 3fa85f64-5717-4562-b3fc-2c963f66afa6:"
                                      " python3 scripts/batches.py list shows them")
 

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import cli, errors, families, jobfile, status
+from . import cli, errors, families, jobfile, shapes, status
 from .safetext import as_data
 
 START_INTERVAL = 2.0
@@ -132,9 +132,11 @@ def resolve_targets(args: list[str]) -> list[Target]:
             raise errors.InputError(
                 f"{arg} is a file but not a job file (job files end in .json)",
                 hint="pass the job file submit.py wrote (e.g. prompts.job.json) or batch ids")
-        elif not arg.strip() or any(c.isspace() for c in arg):
-            raise errors.InputError(f"{arg!r} is neither a job file nor a batch id",
-                                    hint="batch ids have no spaces: batches.py list shows them")
+        elif not shapes.is_id(arg):
+            raise errors.InputError(
+                f"{arg!r} is neither a job file nor a batch id ({shapes.id_problem(arg)})",
+                hint="pass the job file submit.py wrote (PROMPTS.job.json) or a batch id as "
+                     "batches.py list shows it")
         else:
             target = Target(arg)
             target.entries.append(Entry(arg))
