@@ -29,6 +29,7 @@ from dwbatch import (
     families,
     fetch_plan,
     jobfile,
+    limits,
     polling,
     provenance,
     reconcile,
@@ -135,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--offline", action="store_true",
                         help="no network: reconcile only what is already downloaded, with the "
                              "batch statuses recorded last time (no key needed)")
+    parser.add_argument("--max-line-bytes", metavar="N", type=cli.byte_size,
+                        default=limits.MAX_RESULT_LINE_BYTES,
+                        help="longest result line accepted from the server (default 64MiB); "
+                             "a longer one stops the download with an error naming it")
     parser.add_argument("--rebuild", action="store_true",
                         help="write the results and retry files again even when nothing "
                              "changed since the last run (default: such a run keeps them)")
@@ -162,7 +167,7 @@ def _check_bare_endpoints(api, targets: list[polling.Target]) -> None:
 
 
 def _download(api, plan: fetch_plan.Plan, targets: list[polling.Target], batches: dict,
-              max_retries: int, refetch: set[str] = frozenset()) -> dict:
+              args: argparse.Namespace, refetch: set[str] = frozenset()) -> dict:
     """BatchDownload per batch id; batches in `refetch` get every file again from line 0."""
     downloads: dict[str, download.BatchDownload] = {}
     for target in targets:
@@ -171,11 +176,15 @@ def _download(api, plan: fetch_plan.Plan, targets: list[polling.Target], batches
             if entry.batch_id in downloads or (refetch and entry.batch_id not in refetch):
                 continue
             batch = batches[entry.batch_id]
+            requests = None
+            if target.job:
+                requests = jobfile.shard_by_index(target.job, entry.shard).get("requests")
             downloads[entry.batch_id] = download.download_batch(
                 api, batch, raw_dir, fetch_plan.store_for(target, entry, raw_dir),
                 terminal=status.is_terminal(batch), need_input=not target.job_path,
                 refetch=download.KINDS if entry.batch_id in refetch else (),
-                max_retries=max_retries, warn=cli.warn)
+                requests=requests, max_line_bytes=args.max_line_bytes,
+                max_retries=args.max_retries, warn=cli.warn)
     return downloads
 
 
@@ -310,7 +319,7 @@ def main(args: argparse.Namespace) -> cli.Result:
             polling.warn_base_url_mismatch(targets, api.base_url)
             _check_bare_endpoints(api, targets)
             batches = _check_batches(api, targets)
-            downloads = _download(api, plan, targets, batches, args.max_retries)
+            downloads = _download(api, plan, targets, batches, args)
         sources = fetch_plan.sources(plan, targets, batches)
         summary, writer, table_writer, stamp = _join(sources, plan, options, progress,
                                                      reuse=not args.rebuild)
@@ -321,8 +330,7 @@ def main(args: argparse.Namespace) -> cli.Result:
             cli.warn(f"note: {sum(summary.missing_from_completed.values())} requests of "
                      f"completed batch(es) {', '.join(sorted(lost))} have no result in the "
                      "saved files; downloading those batches' files again")
-            downloads.update(_download(api, plan, targets, batches, args.max_retries,
-                                       refetch=lost))
+            downloads.update(_download(api, plan, targets, batches, args, refetch=lost))
             writer.abort()
             if table_writer is not None:
                 table_writer.abort()
@@ -414,6 +422,8 @@ def _report(args, targets, plan, summary, writer, retry_path, batches, downloads
     if summary.unmatched_results:
         notes.append(f"{summary.unmatched_results} result lines name a custom_id that is not "
                      "among their batch's requests: ignored")
+    for item in downloads.values():
+        notes.extend(res.note for res in item.files.values() if res.note)
     if summary.counts["pending"]:
         notes.append(f"{summary.counts['pending']} requests are still pending: run the same "
                      "command later to fetch the rest (only new lines are downloaded)")

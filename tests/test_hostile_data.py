@@ -196,3 +196,260 @@ def test_a_hand_edited_id_or_count_in_the_job_file_is_refused(sb, tmp_path):
     assert job.fetch()[0] == 0
     assert TEST_KEY not in job.job.read_text()
     assert not os.path.exists(tmp_path / "victimdir")
+
+
+# =============================================================================== saved lines
+
+def half_fetched(sb, tmp_path, prompts, done: int) -> Job:
+    """A job whose first `done` requests finished and were fetched; then the rest finished."""
+    job = submitted(sb, tmp_path, prompts)
+    batch_id = job.shard()["batch_id"]
+    sb.advance(batch_id, done)
+    code, out = job.fetch()
+    assert code == 3, out
+    sb.advance(batch_id)
+    return job
+
+
+def content_of(job: Job, kind: str) -> str:
+    return f"/files/{job.batch()[f'{kind}_file_id']}/content"
+
+
+def assert_saved_as_before(job: Job, kind: str, before: bytes) -> None:
+    assert job.raw_file(kind).read_bytes() == before
+    assert job.shard()["downloaded"][f"{kind}_lines"] == before.count(b"\n")
+    assert not [p for p in job.raw.iterdir() if p.name.endswith((".new", ".part"))]
+
+
+def assert_finishes_when_healthy(job: Job, want_code: int = 0) -> None:
+    code, out = job.fetch()
+    assert code == want_code, out
+    for kind in ("output", "error"):
+        served = job.sb.get(content_of(job, kind)).content
+        have = job.raw_file(kind).read_bytes() if job.raw_file(kind).exists() else b""
+        assert have == served
+
+
+def test_a_404_keeps_the_saved_lines_and_says_the_file_is_gone(sb, tmp_path, hostile):
+    """2 of 3 results were saved, then the output file answers 404 (deleted or expired): the
+    2 saved results stay ok, only the third is missing, and the envelope says the file is
+    gone (before: the saved copy was emptied and all 3 went into the retry file)."""
+    job = half_fetched(sb, tmp_path, ["a", "b", "c"], 2)
+    before = job.raw_file("output").read_bytes()
+    out_path = content_of(job, "output")
+    gone = hostile(passing(sb, lambda call: Reply(404, b"File with ID x not found")
+                           if call.path == out_path else None))
+    code, out = job.fetch(base_url=gone.base_url)
+    assert code == 4, out
+    assert sorted(job.statuses().values()) == ["missing", "ok", "ok"]
+    assert out["retry_requests"] == 1
+    assert out["batches"][0]["output"]["mode"] == "gone"
+    assert any("gone from the server" in n for n in out["notes"])
+    assert_saved_as_before(job, "output", before)
+    assert_finishes_when_healthy(job)
+
+
+@pytest.mark.parametrize("last_line", ["-1", "0", "1", "abc", "99999999999"])
+def test_x_last_line_below_the_saved_count_or_nonsense_keeps_the_saved_lines(
+        sb, tmp_path, hostile, last_line):
+    """X-Last-Line below the 2 saved lines (or no count at all): the saved lines are never
+    thrown away; a copy is downloaded beside them and kept only if it holds at least as
+    many (before: the copy was emptied first)."""
+    job = half_fetched(sb, tmp_path, ["a", "b", "c"], 2)
+    before = job.raw_file("output").read_bytes()
+    out_path = content_of(job, "output")
+
+    def change(call):
+        if call.path == out_path:
+            real = forward(sb.base_url, call)
+            return Reply(200, real.body, {"X-Last-Line": last_line, "X-Incomplete": "false"})
+        return None
+
+    bad = hostile(passing(sb, change))
+    code, out = job.fetch("--max-retries", "1", base_url=bad.base_url)
+    assert code in (4, 7), out
+    assert_saved_as_before(job, "output", before)
+    assert_finishes_when_healthy(job)
+
+
+def test_counts_that_go_backwards_then_a_failing_call_keep_the_saved_errors(
+        sb, tmp_path, hostile):
+    """The status answer says fewer failed requests than the error lines saved (as after an
+    in-place retry), and the download that follows fails: the saved error lines stay
+    (before: they were emptied first, then the call failed)."""
+    job = submitted(sb, tmp_path, ["a", "[[fail:400]] b", "[[fail:400]] c"])
+    sb.advance(job.shard()["batch_id"])
+    assert job.fetch()[0] == 4
+    before = job.raw_file("error").read_bytes()
+    assert before.count(b"\n") == 2
+    batch_path = f"/batches/{job.shard()['batch_id']}"
+    err_path = content_of(job, "error")
+
+    def change(call):
+        if call.path == batch_path:
+            batch = json.loads(forward(sb.base_url, call).body)
+            batch["request_counts"]["failed"] = 0
+            return Reply.json(batch)
+        if call.path == err_path:
+            return Reply(500, b"internal error")
+        return None
+
+    bad = hostile(passing(sb, change))
+    code, out = job.fetch("--max-retries", "0", base_url=bad.base_url)
+    assert code == 7, out
+    assert_saved_as_before(job, "error", before)
+    assert_finishes_when_healthy(job, 4)
+
+
+def test_a_headerless_answer_of_a_finished_batch_never_replaces_the_saved_copy(
+        sb, tmp_path, hostile):
+    """A captive portal answers the content call with a page and no X-Last-Line: exit 7,
+    the saved lines stay (before: the page replaced the saved copy)."""
+    job = half_fetched(sb, tmp_path, ["a", "b", "c"], 2)
+    before = job.raw_file("output").read_bytes()
+    out_path = content_of(job, "output")
+    portal = hostile(passing(sb, lambda call: Reply(
+        200, b"<html><body>Please log in to the hotel wifi</body></html>\n",
+        {"Content-Type": "text/html"}) if call.path == out_path else None))
+    code, out = job.fetch(base_url=portal.base_url)
+    assert code == 7 and out["error"]["code"] == "bad_response", out
+    assert_saved_as_before(job, "output", before)
+    assert_finishes_when_healthy(job)
+
+
+def endless_lines(line: bytes, pause: float = 0.0, seconds: float = 30.0):
+    import time
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        yield line * (1 if pause else 200)
+        if pause:
+            time.sleep(pause)
+
+
+def test_a_never_ending_download_is_stopped_and_leaves_nothing_behind(sb, tmp_path, hostile):
+    """A server without partial-result headers sends a result file that never ends: the
+    download stops at the batch's request count (exit 7); no partial copy is left."""
+    job = submitted(sb, tmp_path, ["a", "b", "c"])
+    sb.advance(job.shard()["batch_id"])
+    out_path = content_of(job, "output")
+    line = b'{"id": "x", "custom_id": "r0", "response": null, "error": null}\n'
+    endless = hostile(passing(sb, lambda call: Reply(200, endless_lines(line))
+                              if call.path == out_path else None))
+    code, out = job.fetch(base_url=endless.base_url)
+    assert code == 7 and "more lines than the batch has requests" in out["error"]["message"]
+    assert endless.sent_bytes < 50_000_000
+    assert not job.raw.exists() or not [p for p in job.raw.iterdir()
+                                        if ".output." in p.name]
+    assert_finishes_when_healthy(job)
+
+
+def test_sigterm_during_a_new_copy_removes_it_and_keeps_the_saved_one(sb, tmp_path, hostile):
+    """A new copy is being downloaded beside the saved one (the server reported fewer lines)
+    and its answer never ends; SIGTERM: exit 130, the copy beside is removed, the saved
+    lines are as they were."""
+    import signal
+    import subprocess
+    import time
+
+    from conftest import PYTHON, SCRIPTS, wait_for
+
+    job = half_fetched(sb, tmp_path, ["a", "b", "c"], 2)
+    before = job.raw_file("output").read_bytes()
+    out_path = content_of(job, "output")
+    real = sb.get(out_path).content.splitlines(keepends=True)
+
+    def change(call):
+        if call.path != out_path:
+            return None
+        if call.query.get("skip") == "2":
+            return Reply(200, b"", {"X-Last-Line": "1", "X-Incomplete": "false"})
+        return Reply(200, _slow(real[0]), {"X-Last-Line": "3", "X-Incomplete": "false"})
+
+    def _slow(first):
+        yield first
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            time.sleep(0.1)
+            yield b""
+
+    slow = hostile(passing(sb, change))
+    proc = subprocess.Popen([PYTHON, str(SCRIPTS / "fetch_results.py"), job.job.name, "--json"],
+                            env=script_env(slow.base_url), cwd=job.folder,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    beside = job.raw_file("output").with_name(job.raw_file("output").name + ".new")
+    wait_for(lambda: beside.exists() and beside.stat().st_size > 0, what="the copy beside")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, (out, err)
+    assert TEST_KEY not in out + err
+    assert not beside.exists()
+    assert_saved_as_before(job, "output", before)
+    assert_finishes_when_healthy(job)
+
+
+def test_a_line_without_end_is_capped_with_an_error_naming_it(sb, tmp_path, hostile):
+    """The second result line never ends (a 3 GB line took 6.4 GB before): the download
+    stops at --max-line-bytes with an error naming the line and the cap; the line before it
+    is kept; the client stopped reading early."""
+    job = submitted(sb, tmp_path, ["a", "b", "c"])
+    sb.advance(job.shard()["batch_id"])
+    out_path = content_of(job, "output")
+    first = sb.get(out_path).content.splitlines(keepends=True)[0]
+
+    def body():
+        yield first
+        yield from endless_lines(b"x" * 65536)
+
+    long = hostile(passing(sb, lambda call: Reply(200, body(), {"X-Last-Line": "3",
+                                                                 "X-Incomplete": "false"})
+                           if call.path == out_path else None))
+    code, out = job.fetch("--max-line-bytes", "1MiB", base_url=long.base_url)
+    assert code == 7 and out["error"]["code"] == "line_too_long", out
+    assert "line 2" in out["error"]["message"] and "1,048,576" in out["error"]["message"]
+    assert "--max-line-bytes" in out["error"]["hint"]
+    assert long.sent_bytes < 40_000_000
+    assert job.raw_file("output").read_bytes() == first
+    assert job.shard()["downloaded"]["output_lines"] == 1
+    assert_finishes_when_healthy(job)
+
+
+@pytest.mark.parametrize("where", ["output", "beside"])
+def test_a_symlink_in_the_raw_folder_is_never_written_through(sb, tmp_path, where):
+    """A link planted in the raw folder (at the raw copy, or where a new copy is written
+    beside it) never changes its target: the raw copy's link is refused (exit 2, naming it),
+    the other is removed, not followed."""
+    job = half_fetched(sb, tmp_path, ["a", "b", "c"], 2)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    raw = job.raw_file("output")
+    if where == "output":
+        raw.unlink()
+        raw.symlink_to(victim)
+        code, out = job.fetch()
+        assert code == 2 and out["error"]["code"] == "unsafe_raw_file", out
+        assert str(raw.name) in out["error"]["message"]
+        raw.unlink()
+    else:
+        raw.with_name(raw.name + ".new").symlink_to(victim)
+    assert_finishes_when_healthy(job)
+    assert victim.read_text() == "precious\n"
+
+
+def test_hand_edited_download_counts_are_checked_against_the_raw_copy(sb, tmp_path):
+    """The job file's count says 3 lines were saved where the raw copy holds 2: the raw copy
+    is believed, so the next download asks for line 3 again (before: skip=3 jumped over
+    it)."""
+    job = submitted(sb, tmp_path, ["a", "b", "c", "d"])
+    batch_id = job.shard()["batch_id"]
+    sb.advance(batch_id, 2)
+    assert job.fetch()[0] == 3
+    data = json.loads(job.job.read_text())
+    data["shards"][0]["downloaded"]["output_lines"] = 3
+    job.job.write_text(json.dumps(data))
+    sb.advance(batch_id, 1)
+    code, out = job.fetch()
+    assert code == 3, out
+    served = sb.get(content_of(job, "output")).content
+    assert job.raw_file("output").read_bytes() == served and served.count(b"\n") == 3
+    sb.advance(batch_id)
+    assert_finishes_when_healthy(job)

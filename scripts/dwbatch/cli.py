@@ -14,6 +14,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -176,6 +177,7 @@ def run(main: Callable[[argparse.Namespace], Result], parser: argparse.ArgumentP
         return code
     finally:
         sys.stderr.write(said.getvalue())
+    _stop_on_sigterm()
     try:
         result = main(args)
     except errors.DWError as exc:
@@ -204,6 +206,16 @@ def run(main: Callable[[argparse.Namespace], Result], parser: argparse.ArgumentP
         if text:
             sys.stdout.write(for_terminal(redact(text)) + "\n")
     return result.exit_code
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM stops a command the way Ctrl-C does: cleanup runs (a half-downloaded copy
+    beside a saved one is removed), what was saved stays, and the exit code is 130."""
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    with contextlib.suppress(ValueError):  # not the main thread (tests calling run())
+        signal.signal(signal.SIGTERM, stop)
 
 
 def _usage_message(stderr_text: str) -> str:
