@@ -453,3 +453,48 @@ def test_hand_edited_download_counts_are_checked_against_the_raw_copy(sb, tmp_pa
     assert job.raw_file("output").read_bytes() == served and served.count(b"\n") == 3
     sb.advance(batch_id)
     assert_finishes_when_healthy(job)
+
+
+# =============================================================================== in-place retry
+
+def results_match_the_server(job: Job) -> None:
+    """Each record says what the server says of its request (GET /batches/{id}/results), and
+    the raw error copy is the server's error file byte for byte."""
+    batch_id = job.shard()["batch_id"]
+    served = job.sb.get(f"/batches/{batch_id}/results").text.splitlines()
+    want = {"completed": "ok", "failed": "error", "pending": "pending",
+            "in_progress": "pending"}
+    server = {x["custom_id"]: want[x["status"]] for x in map(json.loads, served)}
+    assert job.statuses() == server
+    assert job.raw_file("error").read_bytes() == job.sb.get(content_of(job, "error")).content
+
+
+@pytest.mark.parametrize("seed", ["1", "2", "4"])
+def test_after_an_in_place_retry_the_saved_error_lines_are_checked(sandbox_factory, tmp_path,
+                                                                   seed):
+    """The server's /retry rebuilds the error file (retried requests leave it, those that
+    fail again come back at the end, after requests that were cancelled and now fail too):
+    the next fetch compares its saved error lines with the server's before it resumes with
+    skip, and downloads the file again (beside, then swapped) when they differ, even when
+    more requests fail after the retry than were saved before it."""
+    box = sandbox_factory("--enable-faults", "--manual", "--seed", seed)
+    prompts = [f"[[fail:400]] f{i}" for i in range(3)] + [f"ok {i}" for i in range(3)]
+    job = submitted(box, tmp_path, prompts)
+    batch_id = job.shard()["batch_id"]
+    box.advance(batch_id, 3)
+    job.fetch()
+    saved = job.raw_file("error").read_bytes().count(b"\n") if job.raw_file("error").exists() \
+        else 0
+    assert job.run("batches.py", "cancel", job.job.name)[0] == 0
+    box.advance(batch_id)
+    assert job.fetch()[0] == 5
+    assert job.run("batches.py", "retry", job.job.name)[0] == 0
+    counts = job.batch()["request_counts"]
+    box.advance(batch_id, counts["total"] - counts["completed"] - 1)  # all but one
+    code, out = job.fetch()
+    assert code == 3, out
+    results_match_the_server(job)
+    assert job.raw_file("error").read_bytes().count(b"\n") >= saved
+    box.advance(batch_id)
+    assert job.fetch()[0] == 4
+    results_match_the_server(job)

@@ -407,6 +407,35 @@ def test_cancel_then_retry_revives_the_cancelled_requests(manual):
     assert final["status"] == "completed" and final["request_counts"]["completed"] == 6
 
 
+def test_retry_rebuilds_the_error_file_as_the_service_does(manual):
+    """/retry rebuilds the error file (API facts): every retried request leaves it at once,
+    those that fail again come back at the end in the order they fail, one line each, and
+    requests revived from `cancelled` that fail join them, so the file can end up longer
+    than before the retry; lines saved before no longer line up with skip."""
+    sb = manual
+    lines = ([chat_line(f"f{i}", f"[[fail:400]] {i}") for i in range(3)] +
+             [chat_line(f"o{i}", f"p{i}") for i in range(3)])
+    batch = batch_of(sb, lines)
+    sb.advance(batch["id"], 3)
+    sb.post(f"/batches/{batch['id']}/cancel")
+    sb.advance(batch["id"])
+    before = content(sb, batch["error_file_id"])[1]
+    failed_before = {x["custom_id"] for x in before}
+    assert get_batch(sb, batch["id"])["request_counts"]["failed"] == len(before)
+    assert sb.post(f"/batches/{batch['id']}/retry").status_code == 200
+    resp, emptied = content(sb, batch["error_file_id"])
+    assert emptied == [] and resp.headers["x-last-line"] == "0"
+    sb.advance(batch["id"], 1)
+    one = content(sb, batch["error_file_id"])[1]
+    sb.advance(batch["id"])
+    after = content(sb, batch["error_file_id"])[1]
+    assert [x["custom_id"] for x in after[:len(one)]] == [x["custom_id"] for x in one]
+    assert sorted(x["custom_id"] for x in after) == ["f0", "f1", "f2"]
+    assert len(after) > len(before) and failed_before < {"f0", "f1", "f2"}
+    final = get_batch(sb, batch["id"])
+    assert final["request_counts"] == {"total": 6, "completed": 3, "failed": 3}
+
+
 def test_cancel_with_no_body_and_keep_alive(manual):
     sb = manual
     batch = batch_of(sb, [chat_line("a")])
