@@ -422,6 +422,10 @@ def _report(args, targets, plan, summary, writer, retry_path, batches, downloads
     if summary.unmatched_results:
         notes.append(f"{summary.unmatched_results} result lines name a custom_id that is not "
                      "among their batch's requests: ignored")
+    if summary.unreadable_results:
+        notes.append(f"{summary.unreadable_results} result lines are not JSON objects with a "
+                     "custom_id (a broken server answer): no request can be named for them, "
+                     "so they were ignored")
     for item in downloads.values():
         notes.extend(res.note for res in item.files.values() if res.note)
     if summary.counts["pending"]:
@@ -456,6 +460,7 @@ def _report(args, targets, plan, summary, writer, retry_path, batches, downloads
         "batches": batch_fields,
         "superseded_results": summary.superseded,
         "unmatched_results": summary.unmatched_results,
+        "unreadable_results": summary.unreadable_results,
         "after_retry": merge_cmd,
         "cost_usd": costs.cost_number(cost),
         "table_file": _show(table_info.get("path")),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -498,3 +499,63 @@ def test_after_an_in_place_retry_the_saved_error_lines_are_checked(sandbox_facto
     box.advance(batch_id)
     assert job.fetch()[0] == 4
     results_match_the_server(job)
+
+
+# =============================================================================== bad bytes
+
+def result_line(cid: str, body, status_code: int = 200) -> bytes:
+    return json.dumps({"id": f"batch_req_{cid}", "custom_id": cid, "error": None, "response":
+                       {"status_code": status_code, "request_id": None, "body": body}}).encode()
+
+
+def chat_body(content: str, **extra) -> dict:
+    return {"object": "chat.completion", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": content},
+         "finish_reason": "stop"}], **extra}
+
+
+def test_malformed_result_lines_become_one_bad_record_each(sb, tmp_path, hostile):
+    """NaN in usage, nesting 5,000 deep, a 5,000-digit number, a `[]` line and a body of `[1]`:
+    each is one `error` record naming the reason (in the retry file), the rest of the job is
+    reconciled, and the results file stays strict JSON (before: exit 1 or exit 2 "delete and
+    fetch again" for the whole job, and `[1]` counted as ok)."""
+    job = submitted(sb, tmp_path, [f"q{i}" for i in range(6)])
+    sb.advance(job.shard()["batch_id"])
+    deep = "[" * 5000 + "]" * 5000
+    lines = [
+        result_line("r0", chat_body("a")).replace(b'"stop"}]', b'"stop"}], "usage": '
+                                                  b'{"prompt_tokens": NaN}'),
+        result_line("r1", chat_body("b")).replace(b'"stop"}]', b'"stop"}], "x": '
+                                                  + deep.encode()),
+        result_line("r2", chat_body("c")).replace(b'"stop"}]', b'"stop"}], "usage": '
+                                                  b'{"total_tokens": ' + b"9" * 5000 + b"}"),
+        b"[]",
+        result_line("r4", [1]),
+        result_line("r5", chat_body("ECHO q5")),
+    ]
+    body = b"".join(x + b"\n" for x in lines)
+    out_path = content_of(job, "output")
+    bad = hostile(passing(sb, lambda call: Reply(200, body, {
+        "X-Last-Line": str(len(lines)), "X-Incomplete": "false"}) if call.path == out_path
+        and call.query.get("skip") in (None, "0") else None))
+    for _ in range(2):  # the same outcome again: nothing to delete by hand
+        code, out = job.fetch(base_url=bad.base_url)
+        assert code == 4, out
+        strict = json.JSONDecoder(parse_constant=lambda c: pytest.fail(f"{c} in results"))
+        records = {r["custom_id"]: r for r in map(strict.decode,
+                                                   job.results.read_text().splitlines())}
+        # Python 3.11+ refuses integers of more than 4,300 digits; 3.10 reads r2 (its usage
+        # then counts as 0 tokens)
+        big_int_bad = sys.version_info >= (3, 11)
+        assert {c: r["status"] for c, r in records.items()} == {
+            "r0": "error", "r1": "error", "r2": "error" if big_int_bad else "ok",
+            "r3": "missing", "r4": "error", "r5": "ok"}
+        for cid in ("r0", "r1", "r2", "r4") if big_int_bad else ("r0", "r1", "r4"):
+            assert records[cid]["error"]["type"] == "unreadable_result"
+            assert "cannot be read" in records[cid]["error"]["message"]
+        assert "not a JSON object" in records["r4"]["error"]["message"]
+        assert out["unreadable_results"] == 1
+        retry = [json.loads(x)["custom_id"] for x in
+                 (tmp_path / "work" / "p.retry.jsonl").read_text().splitlines()]
+        assert retry == ["r0", "r1"] + (["r2"] if big_int_bad else []) + ["r3", "r4"]
+        assert out["usage"]["total_tokens"] < 10 ** 12

@@ -91,6 +91,8 @@ class Summary:
     # missing records of batches that completed (a result should exist): per batch id
     missing_from_completed: dict = field(default_factory=dict)
     unmatched_results: int = 0
+    # result lines that are not JSON objects with a custom_id: no request can be named
+    unreadable_results: int = 0
     duplicate_inputs: int = 0
     superseded: int = 0
 
@@ -183,13 +185,38 @@ def _choices_content(body: dict) -> dict:
     return out
 
 
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+# What the server sends is parsed strictly: NaN/Infinity are not JSON, and a line that has them
+# is a bad line, not a results file that is not JSON later. (Python 3.11+ also refuses
+# integers of more than 4,300 digits, with ValueError: a bad line too.)
+strict_loads = json.JSONDecoder(parse_constant=_reject_constant).decode
+BAD_LINE_ERRORS = (ValueError, TypeError, AttributeError, KeyError, IndexError, RecursionError)
+
+
+def bad_line_record(kind: str, reason: str) -> dict:
+    """The record of a request whose result line cannot be read: an error worth sending
+    again (the line is the server's fault, not the request's)."""
+    return {"status": "error", "content": None, "finish_reason": None, "usage": None,
+            "error": {"code": None, "type": "unreadable_result", "status_code": None,
+                      "message": f"the {kind} file's line for this request cannot be read "
+                                 f"({reason}); send the request again"}}
+
+
+def _kind_of(value) -> str:
+    return {list: "a list", str: "text", type(None): "missing", bool: "true/false",
+            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+
+
 def _json_or_text(text):
     if isinstance(text, str):
         stripped = text.strip()
         if stripped[:1] in ("{", "["):
             try:
-                return json.loads(stripped)
-            except ValueError:
+                return strict_loads(stripped)
+            except (ValueError, RecursionError):
                 return text
     return text
 
@@ -308,9 +335,10 @@ def check_structured(content, schema: dict | None) -> tuple[str, object, dict | 
     if not isinstance(content, str):
         return "invalid_json", None, {"message": "the answer has no text to parse as JSON"}
     try:
-        value = json.loads(_strip_fence(content))
-    except ValueError as exc:
-        return "invalid_json", None, {"message": f"the answer is not valid JSON: {exc}"}
+        value = strict_loads(_strip_fence(content))
+    except (ValueError, RecursionError) as exc:
+        return "invalid_json", None, {"message": f"the answer is not valid JSON: "
+                                                 f"{str(exc) or type(exc).__name__}"}
     if schema is None:
         return "ok", value, None
     validator = _VALIDATORS.get(schema)
@@ -342,8 +370,8 @@ def _maybe_json(content):
     if s[:1] not in ("{", "["):
         return None
     try:
-        return json.loads(s)
-    except ValueError:
+        return strict_loads(s)
+    except (ValueError, RecursionError):
         return None
 
 
@@ -372,7 +400,8 @@ def classify_line(custom_id: str | None, kind: str, line: dict, request_body: di
     if isinstance(body, str):
         body = _json_or_text(body)
     if isinstance(body, dict):
-        rec["usage"] = body.get("usage")
+        usage = body.get("usage")
+        rec["usage"] = usage if isinstance(usage, dict) else None
     if (isinstance(status_code, int) and status_code >= 400) or error:
         rec["error"] = {"code": None, "type": "HttpStatus", "status_code": status_code,
                         "message": _message_from_body(body) if body is not None else
@@ -380,7 +409,11 @@ def classify_line(custom_id: str | None, kind: str, line: dict, request_body: di
         if error:
             rec["error"]["details"] = error
         return rec
-    rec.update(extract_content(endpoint, body if isinstance(body, dict) else {}))
+    if not isinstance(body, dict):
+        return {"custom_id": custom_id,
+                **bad_line_record("output", f"its response body is {_kind_of(body)}, not a "
+                                            "JSON object")}
+    rec.update(extract_content(endpoint, body))
     if rec["finish_reason"] in TRUNCATION_REASONS:
         rec["status"] = "truncated"
         parsed = _maybe_json(rec["content"])
@@ -402,10 +435,16 @@ def classify_line(custom_id: str | None, kind: str, line: dict, request_body: di
     return rec
 
 
+MAX_TOKENS = 10 ** 12  # more tokens than any answer has: a count past it counts as 0
+
+
 def _num(value) -> int:
+    """A token count: whole numbers in a sane range only (anything else counts as 0)."""
     if type(value) is int:
-        return value
-    return int(value) if isinstance(value, float) else 0
+        return value if 0 <= value <= MAX_TOKENS else 0
+    if isinstance(value, float) and 0 <= value <= MAX_TOKENS:
+        return int(value)
+    return 0
 
 
 def usage_numbers(usage) -> tuple[int, int, int]:
@@ -415,7 +454,8 @@ def usage_numbers(usage) -> tuple[int, int, int]:
     get = usage.get
     prompt, completion, total = get("prompt_tokens"), get("completion_tokens"), \
         get("total_tokens")
-    if type(prompt) is int and type(completion) is int and type(total) is int and total:
+    if type(prompt) is int and type(completion) is int and type(total) is int \
+            and 0 < total <= MAX_TOKENS and 0 <= prompt <= total and 0 <= completion <= total:
         return prompt, completion, total  # the usual shape: the same numbers as below
     prompt = _num(get("prompt_tokens", get("input_tokens")))
     completion = _num(get("completion_tokens", get("output_tokens")))
@@ -578,6 +618,7 @@ class Index:
         self.result_rows = 0  # result lines with a custom_id; the join counts the matched
         self.duplicate_inputs = 0
         self.unmatched_results = 0
+        self.unreadable_results = 0
         self.repeated_ids = False  # some custom_id in two input lines (set by finish)
         self.repeated_results = False  # some request with two result lines in one batch
 
@@ -637,7 +678,7 @@ class Index:
         insert = "INSERT INTO res VALUES (?,?,?,?,?)"
         off = 0
         with open(path, "rb") as f:
-            for lineno, line in enumerate(f, 1):
+            for line in f:
                 size = len(line)
                 if not line.endswith(b"\n"):
                     break  # never a torn line: the downloader only appends complete ones
@@ -647,14 +688,12 @@ class Index:
                 cid = _fast_custom_id(line)
                 if cid is None:
                     try:
-                        cid = loads(line).get("custom_id")
-                    except (ValueError, AttributeError):
-                        raise InputError(
-                            f"{path} line {lineno}: not a JSON result line",
-                            hint=f"delete {path} and fetch again to download it afresh"
-                        ) from None
-                    if not isinstance(cid, str):
-                        self.unmatched_results += 1
+                        obj = loads(line)
+                        cid = obj.get("custom_id") if isinstance(obj, dict) else None
+                    except (ValueError, RecursionError):
+                        cid = None
+                    if not isinstance(cid, str):  # no request can be named: unreadable
+                        self.unreadable_results += 1
                         off += size
                         continue
                 rows.append((cid, src, fno, off, size))
@@ -804,6 +843,27 @@ def _no_result_record(source: Source) -> dict:
     return rec
 
 
+_DEEP = 256  # brackets in a line past which its record is test-encoded before it is kept
+
+
+def _classify_raw(custom_id: str, kind: str, raw: bytes, request_body, endpoint: str) -> dict:
+    """classify_line() of one raw result line; a line that cannot be read, or whose content
+    would break the results file (nesting too deep to write back), is one bad record, never
+    the end of the whole job."""
+    try:
+        line = strict_loads(raw.decode("utf-8"))
+        if not isinstance(line, dict):
+            raise ValueError(f"it is {_kind_of(line)}, not a JSON object")
+        rec = classify_line(custom_id, kind, line, request_body, endpoint)
+        if raw.count(b"[") + raw.count(b"{") > _DEEP:
+            json.dumps(rec, allow_nan=False)
+    except BAD_LINE_ERRORS as exc:
+        reason = "it is nested too deeply" if isinstance(exc, RecursionError) \
+            else (str(exc) or type(exc).__name__)
+        return {"custom_id": custom_id, **bad_line_record(kind, reason[:200])}
+    return rec
+
+
 class _Judge:
     """Picks the record of one custom_id from its candidate rows (the index's rows() groups).
 
@@ -824,11 +884,11 @@ class _Judge:
             order = (source.job, -1)
         else:
             path, kind = self.result_files[fno]
-            line = loads(self.reader.read(path, r_off, r_len))
+            raw = self.reader.read(path, r_off, r_len)
             body = None
             if flags & _STRUCTURED:
                 body = loads(self.reader.read(source.input_path, in_off, in_len)).get("body")
-            rec = classify_line(cid, kind, line, body, ENDPOINTS[ep])
+            rec = _classify_raw(cid, kind, raw, body, ENDPOINTS[ep])
             order = (source.job, fno, r_off)
         rec["batch_id"] = source.batch_id
         return rec, source, order
@@ -884,6 +944,7 @@ def reconcile(sources: list[Source], on_record: Callable[[Chosen], None],
             on_record(Chosen(record, source, in_off, in_len, reader))
         summary.duplicate_inputs = index.duplicate_inputs
         summary.unmatched_results = index.unmatched_results
+        summary.unreadable_results = index.unreadable_results
     finally:
         reader.close()
         index.close()
