@@ -559,3 +559,28 @@ def test_malformed_result_lines_become_one_bad_record_each(sb, tmp_path, hostile
                  (tmp_path / "work" / "p.retry.jsonl").read_text().splitlines()]
         assert retry == ["r0", "r1"] + (["r2"] if big_int_bad else []) + ["r3", "r4"]
         assert out["usage"]["total_tokens"] < 10 ** 12
+
+
+@pytest.mark.parametrize("page", [{"data": "x"}, {"data": [1, 2]}, [],
+                                  {"data": [{"id": "../x", "status": "completed"}]},
+                                  {"data": [], "has_more": "yes"}])
+def test_a_list_page_of_the_wrong_shape_is_exit_7(sb, tmp_path, hostile, page):
+    bad = hostile(lambda call: Reply.json(page))
+    code, out = run_json("batches.py", "list", env=script_env(bad.base_url), cwd=tmp_path)
+    assert code == 7 and out["error"]["code"] == "bad_response", out
+
+
+def test_a_bare_id_fetch_with_a_hand_edited_state_file_is_exit_2(sb, tmp_path):
+    job = submitted(sb, tmp_path, ["a"])
+    batch_id = job.shard()["batch_id"]
+    sb.advance(batch_id)
+    code, out = run_json("fetch_results.py", batch_id, env=script_env(sb.base_url),
+                         cwd=tmp_path)
+    assert code == 0, out
+    state = tmp_path / f"{batch_id}.raw" / f"{batch_id}.state.json"
+    data = json.loads(state.read_text())
+    data["downloaded"]["output_lines"] = "lots"
+    state.write_text(json.dumps(data))
+    code, out = run_json("fetch_results.py", batch_id, env=script_env(sb.base_url),
+                         cwd=tmp_path)
+    assert code == 2 and "state.json" in out["error"]["message"], out

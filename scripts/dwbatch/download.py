@@ -100,7 +100,16 @@ class SidecarStore(StateStore):
                 f"download state {self.path} cannot be read ({exc})",
                 hint=f"delete {self.path} (the raw files beside it are then counted afresh)"
             ) from None
-        return data.get("downloaded") or {} if isinstance(data, dict) else {}
+        state = data.get("downloaded") if isinstance(data, dict) else None
+        if state is None:
+            return {}
+        if not isinstance(state, dict) or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                for k, v in state.items() if k.endswith(("_lines", "_bytes"))):
+            raise errors.InputError(
+                f"download state {self.path} is not as this tool writes it",
+                hint=f"delete {self.path} (the raw files beside it are then counted afresh)")
+        return state
 
     def save(self, state: dict) -> None:
         write_json_atomic(self.path, {"downloaded": state})
