@@ -51,7 +51,10 @@ still running), missing (batch ended without a result for it).
 
 Safe to run at any time: while a batch runs it saves what exists (exit 3) and later runs
 download only the new lines (?skip=<lines saved>); a broken connection never loses or
-duplicates a line. Raw downloads are kept byte for byte in PROMPTS.raw/. Given several jobs
+duplicates a line. Raw downloads are kept byte for byte in PROMPTS.raw/; saved lines are only
+ever replaced by a complete new copy downloaded beside them, and a file the server no longer
+has (404: deleted or expired) keeps its saved lines. A result line that cannot be read becomes
+one "error" record (retriable), never the end of the job. Given several jobs
 of one family (an original and its retry jobs), a later ok supersedes an earlier failure for
 the same custom_id; jobs of different families or endpoints are refused (exit 2,
 unrelated_jobs). Each record carries "attempts" (how many of the given jobs sent it) and, when
