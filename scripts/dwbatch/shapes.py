@@ -96,7 +96,8 @@ def batch(obj: object, where: str, expected_id: str | None = None) -> dict:
         _need(obj["id"] == expected_id, where,
               f"it describes batch {quote(obj['id'], 60)}, not {expected_id}", obj)
     status = obj.get("status")
-    _need(isinstance(status, str) and STATUS_PATTERN.fullmatch(status) is not None, where,
+    _need(status is None or (isinstance(status, str) and
+                             STATUS_PATTERN.fullmatch(status) is not None), where,
           f"'status' must be a word such as \"in_progress\", found {quote(status, 60)}", obj)
     for key in BATCH_ID_FIELDS:
         _optional_id(obj, key, where)
