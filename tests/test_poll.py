@@ -110,6 +110,33 @@ def test_steady_progress_does_not_reset_but_progress_after_a_stall_does():
     assert steady and min(steady) > 30  # steady progress keeps the long interval
 
 
+def test_check_again_is_the_soonest_of_several_batches_from_their_own_counts():
+    """The issue's case: one batch measurably near its end (ETA ~6 s), one with nothing to
+    measure yet: look again in 30 s (the soonest, floored), not in 10 minutes."""
+    clock = FakeClock()
+    now = clock.t
+    batches = {
+        "fast": {"id": "fast", "status": "in_progress", "in_progress_at": now - 60,
+                 "request_counts": {"total": 100, "completed": 90, "failed": 0}},
+        "queued": {"id": "queued", "status": "validating", "created_at": now - 5,
+                   "request_counts": {"total": 100, "completed": 0, "failed": 0}},
+    }
+    tracker = tracker_for(clock, "fast", "queued")
+    polling.check(tracker, batches.__getitem__, only_unsettled=False)
+    result = polling.report(tracker, None, ["fast", "queued"])
+    views = {v["batch_id"]: v for v in result.fields["batches"]}
+    assert views["fast"]["eta_seconds"] == pytest.approx(6.7, abs=0.1)  # 90 done in 60 s
+    assert views["queued"]["eta_seconds"] is None
+    assert result.fields["check_again_in_seconds"] == 30
+    # only the queued one left, still not moving: 60 s, then 120 s
+    tracker = tracker_for(clock, "queued")
+    for expected in (60, 120, 240):
+        polling.check(tracker, batches.__getitem__, only_unsettled=False)
+        assert polling.report(tracker, None, ["queued"]).fields["check_again_in_seconds"] \
+            == expected
+        clock.sleep(expected)
+
+
 def test_fixed_two_second_interval_costs_what_the_official_cli_does():
     clock = FakeClock()
     tracker = tracker_for(clock, "b1")
