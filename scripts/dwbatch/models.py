@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import difflib
 import re
-import sys
 
 from . import cli, errors
 from .client import APIError, Client
@@ -76,8 +75,8 @@ def fetch_available(client: Client) -> list[str] | None:
             return None
         if exc.exit_code == errors.AUTH:
             raise
-        sys.stderr.write(f"note: could not list the models ({exc.message}); model names are "
-                         "checked by the upload instead\n")
+        cli.warn(f"note: could not list the models ({exc.message}); model names are "
+                 "checked by the upload instead")
         return None
 
 
