@@ -33,6 +33,7 @@ from dwbatch import (
     polling,
     provenance,
     reconcile,
+    rejoin,
     results_io,
     results_stamp,
     retry_file,
@@ -72,7 +73,10 @@ leading ' before = + - @). --table PATH (.csv, .tsv or .jsonl) or --no-table to 
 
 A re-run with nothing new (no new lines, same batch statuses, same options) keeps the
 results, retry and table files as they are and reports the same summary (a stamp beside the
-results file, .NAME.stamp.json, records what they were built from).
+results file, .NAME.stamp.json, records what they were built from). A re-run that finds only
+new result lines joins just those: the requests they name are decided again and every other
+record is copied, byte for byte what a full join writes (while requests are pending the join
+keeps its index beside the results file: .NAME.join.sqlite, .NAME.join.sizes).
 
 The summary gives the token usage and the actual cost (cost_usd: the batches' own
 GET /batches/{id}/analytics total_cost, summed; null when the server does not report it, or
@@ -144,8 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="longest result line accepted from the server (default 64MiB); "
                              "a longer one stops the download with an error naming it")
     parser.add_argument("--rebuild", action="store_true",
-                        help="write the results and retry files again even when nothing "
-                             "changed since the last run (default: such a run keeps them)")
+                        help="join everything and write the results and retry files again, "
+                             "even when nothing changed since the last run or only new result "
+                             "lines came (default: keep them, or join only the new lines)")
     cli.add_network_args(parser)
     return parser
 
@@ -218,16 +223,17 @@ def _join(sources: list, plan: fetch_plan.Plan, options: Options, progress, *, r
           ) -> tuple[reconcile.Summary, retry_file.RetryWriter, table.TableWriter | None,
                      dict | None]:
     """Reconcile into the results and retry files and the user's table, or keep them when
-    their stamp says that nothing they are built from changed. Returns (summary, retry
-    writer, table writer, the fingerprint to stamp once the files are committed, or None
-    when the files were kept)."""
+    their stamp says that nothing they are built from changed, or bring them up to date when
+    only new result lines arrived (rejoin.py). Returns (summary, retry writer, table writer,
+    the stamp to save once the files are committed: {"fingerprint", "join" (what rejoin.py
+    keeps)}, or None when the files were kept)."""
     policy = retry_policy.RetryPolicy(options.statuses, options.max_attempts)
     writer = retry_file.RetryWriter(plan.retry, policy, options.raise_tokens)
     table_writer = table.TableWriter(plan.table, plan.table_format, plan.table_source,
                                      options.table_answer) if plan.table else None
     current = results_stamp.fingerprint(sources, options.fingerprint(plan))
-    stored = results_stamp.load_reusable(plan.results, plan.retry, current,
-                                         (plan.table,)) if reuse else None
+    stamped = results_stamp.load(plan.results, plan.retry, (plan.table,)) if reuse else None
+    stored = stamped["outcome"] if stamped and stamped.get("fingerprint") == current else None
     summary = _stored_summary(stored)
     if summary is not None:
         writer.keep(stored["retry_counts"])
@@ -238,9 +244,35 @@ def _join(sources: list, plan: fetch_plan.Plan, options: Options, progress, *, r
                  "is (--rebuild writes it again)")
         return summary, writer, table_writer, None
     results_stamp.forget(plan.results)
-    summary = results_io.reconcile_to_files(sources, plan.results, plan.format, writer,
-                                            progress=progress, table_writer=table_writer)
-    return summary, writer, table_writer, current
+    updated = _update(sources, plan, writer, table_writer, stamped, current)
+    if updated is not None:
+        summary, state, new_lines, touched = updated
+        cli.warn(f"note: {new_lines} new result line(s) joined into {_show(plan.results)}: "
+                 f"{touched} request(s) decided again, the other records copied as they were "
+                 "(--rebuild joins everything again)")
+    else:
+        writer = retry_file.RetryWriter(plan.retry, policy.fresh(), options.raise_tokens)
+        table_writer = table.TableWriter(plan.table, plan.table_format, plan.table_source,
+                                         options.table_answer) if plan.table else None
+        summary, state = rejoin.full_join(sources, plan.results, plan.format, writer,
+                                          table_writer, progress=progress)
+    return summary, writer, table_writer, {"fingerprint": current, "join": state}
+
+
+def _update(sources: list, plan: fetch_plan.Plan, writer: retry_file.RetryWriter,
+            table_writer: table.TableWriter | None, stamped: dict | None, current: dict
+            ) -> tuple[reconcile.Summary, dict | None, int, int] | None:
+    """The files brought up to date with the new result lines only, when the stamp allows:
+    (summary, state to keep, new lines, requests decided again)."""
+    if not stamped or not results_stamp.only_raw_files_differ(stamped["fingerprint"], current):
+        return None
+    outcome = stamped["outcome"]
+    summary = _stored_summary(outcome)
+    if summary is None or not isinstance(outcome.get("join"), dict):
+        return None
+    writer.policy.keep(outcome["gave_up"], outcome["gave_up_reasons"])
+    return rejoin.update(sources, plan.results, plan.format, writer, outcome["join"],
+                         summary, outcome["retry_counts"], table_writer, outcome["table"])
 
 
 def _stored_summary(stored: dict | None) -> reconcile.Summary | None:
@@ -344,11 +376,11 @@ def main(args: argparse.Namespace) -> cli.Result:
         _record_origin(targets, retry_path, writer, plan)
         table_info = table_writer.commit() if table_writer is not None else None
         if stamp is not None:
-            results_stamp.save(plan.results, plan.retry, stamp, {
+            results_stamp.save(plan.results, plan.retry, stamp["fingerprint"], {
                 "summary": dataclasses.asdict(summary), "retry_counts": writer.counts,
                 "gave_up": writer.policy.gave_up,
                 "gave_up_reasons": writer.policy.reasons_list(),
-                "table": table_info or {}}, (plan.table,))
+                "table": table_info or {}, "join": stamp["join"]}, (plan.table,))
     cost = _actual_cost(api, targets, batches)
     return _report(args, targets, plan, summary, writer, retry_path, batches, downloads, cost,
                    table_info)

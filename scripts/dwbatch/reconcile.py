@@ -496,6 +496,14 @@ LEFT JOIN res x ON x.cid = i.cid AND x.src = i.src
 WHERE NOT EXISTS (SELECT 1 FROM inp e WHERE e.cid = l.cid AND e.seq < l.seq)
 ORDER BY l.seq
 """
+_ROWS_TOUCHED = """
+SELECT l.seq, i.cid, i.src, i.off, i.len, i.ep, i.flags, x.fno, x.off, x.len, i.seq, x.rowid
+FROM temp.touched t JOIN inp l ON l.cid = t.cid
+JOIN inp i ON i.cid = l.cid
+LEFT JOIN res x ON x.cid = i.cid AND x.src = i.src
+WHERE NOT EXISTS (SELECT 1 FROM inp e WHERE e.cid = l.cid AND e.seq < l.seq)
+ORDER BY l.seq
+"""
 
 _BATCH_ROWS = 20000
 
@@ -603,18 +611,24 @@ def _input_flags(obj: dict) -> tuple[int, int]:
 
 
 class Index:
-    """The sqlite3 index of one reconciliation; a temporary file removed on close."""
+    """The sqlite3 index of one reconciliation: a temporary file removed on close, unless it
+    is kept (keep_as) for a later join to bring up to date (Index.reopen)."""
 
-    def __init__(self, tmp_dir: str | None = None) -> None:
-        fd, self.path = tempfile.mkstemp(prefix="dwbatch-reconcile-", suffix=".sqlite",
-                                         dir=tmp_dir)
-        os.close(fd)
+    def __init__(self, tmp_dir: str | None = None, existing: str | None = None,
+                 prefix: str = "dwbatch-reconcile-") -> None:
+        if existing is None:
+            fd, self.path = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=tmp_dir)
+            os.close(fd)
+        self.temporary = existing is None
+        self.path = existing or self.path
         self.db = sqlite3.connect(self.path)
         for pragma in ("journal_mode=OFF", "synchronous=OFF", "temp_store=FILE",
                        "cache_size=-16384", "locking_mode=EXCLUSIVE"):
             self.db.execute(f"PRAGMA {pragma}")
-        self.db.executescript(_SCHEMA)
-        self.result_files: list[tuple[str, str]] = []  # (path, kind) by file number
+        if self.temporary:
+            self.db.executescript(_SCHEMA)
+        self.result_files: list[tuple[str | None, str]] = []  # (path, kind) by file number
+        self.read_upto: list[tuple[int, int]] = []  # (bytes, lines) read, by file number
         self.result_rows = 0  # result lines with a custom_id; the join counts the matched
         self.duplicate_inputs = 0
         self.unmatched_results = 0
@@ -622,11 +636,37 @@ class Index:
         self.repeated_ids = False  # some custom_id in two input lines (set by finish)
         self.repeated_results = False  # some request with two result lines in one batch
 
+    @classmethod
+    def reopen(cls, path: str, result_files: list, read_upto: list) -> Index:
+        """A kept index, as the join that kept it left it."""
+        index = cls(existing=path)
+        index.result_files = [(p, k) for p, k in result_files]
+        index.read_upto = [(int(b), int(n)) for b, n in read_upto]
+        return index
+
+    def keep_as(self, path: str) -> None:
+        """Close the index and move it to `path` (over any older one)."""
+        self.db.commit()
+        self.db.close()
+        os.replace(self.path, path)
+        self.path, self.temporary = path, False
+
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.db.close()
-        with contextlib.suppress(OSError):
-            os.unlink(self.path)
+        if self.temporary:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+
+    def place_of(self, custom_id: str) -> int:
+        """The request's number (its first input line): where its record is in the results."""
+        row = self.db.execute("SELECT MIN(seq) FROM inp WHERE cid = ?", (custom_id,)).fetchone()
+        if row[0] is None:
+            raise KeyError(custom_id)
+        return row[0]
+
+    def last_result_row(self) -> int:
+        return self.db.execute("SELECT COALESCE(MAX(rowid), 0) FROM res").fetchone()[0]
 
     # -- inputs ---------------------------------------------------------------------------
     def add_inputs(self, src: int, source: Source) -> int:
@@ -669,19 +709,30 @@ class Index:
 
     # -- results --------------------------------------------------------------------------
     def add_results(self, src: int, path: str | None, kind: str) -> int:
-        """Index every line of one raw output or error file; returns the number of lines."""
+        """Index every line of one raw output or error file; returns the number of lines.
+
+        Every file gets its number, present or not (a later join that finds it must number
+        the files as a full join would); `read_upto[fno]` is how far it was read.
+        """
+        self.result_files.append((path, kind))
+        self.read_upto.append((0, 0))
         if not path or not os.path.exists(path):
             return 0
-        fno = len(self.result_files)
-        self.result_files.append((path, kind))
+        return self.add_new_lines(len(self.result_files) - 1, src)
+
+    def add_new_lines(self, fno: int, src: int) -> int:
+        """Index the complete lines of result file `fno` beyond read_upto[fno]."""
+        path = self.result_files[fno][0]
+        off, lineno = self.read_upto[fno]
         rows, count = [], 0
         insert = "INSERT INTO res VALUES (?,?,?,?,?)"
-        off = 0
         with open(path, "rb") as f:
+            f.seek(off)
             for line in f:
                 size = len(line)
                 if not line.endswith(b"\n"):
                     break  # never a torn line: the downloader only appends complete ones
+                lineno += 1
                 if line.isspace():
                     off += size
                     continue
@@ -705,6 +756,7 @@ class Index:
         count += len(rows)
         self.db.executemany(insert, rows)
         self.result_rows += count
+        self.read_upto[fno] = (off, lineno)
         return count
 
     def finish(self) -> None:
@@ -769,6 +821,53 @@ class Index:
         self.unmatched_results += self.result_rows - matched
 
 
+    def touched_groups(self, after: int) -> Iterator[tuple[list[tuple], list[tuple]]]:
+        """(candidate rows now, candidate rows as the last join saw them) of every request
+        that has a result line indexed after result row `after`, in input order.
+
+        Result lines of the same file are indexed in file order, so "after" is exactly what
+        the last join had not read. Once every group has been read, unmatched_results
+        counts the new lines that match no request.
+        """
+        self.db.execute("DROP TABLE IF EXISTS temp.touched")
+        self.db.execute("CREATE TEMP TABLE touched AS SELECT DISTINCT cid FROM res "
+                        "WHERE rowid > ?", (after,))
+        new_rows = self.db.execute("SELECT COUNT(*) FROM res WHERE rowid > ?",
+                                   (after,)).fetchone()[0]
+        matched = 0
+        lead, rows, first_line = None, [], {}
+        for row in self.db.execute(_ROWS_TOUCHED):
+            if row[0] != lead:
+                if rows:
+                    yield _now_and_before(rows, after)
+                lead, rows, first_line = row[0], [], {}
+            if first_line.setdefault(row[2], row[10]) != row[10]:
+                continue  # a repeat of a line of the same batch: its first line counts
+            if row[11] is not None and row[11] > after:
+                matched += 1
+            rows.append(row)
+        if rows:
+            yield _now_and_before(rows, after)
+        self.unmatched_results += new_rows - matched
+        self.result_rows += new_rows
+
+
+def _now_and_before(rows: list[tuple], after: int) -> tuple[list[tuple], list[tuple]]:
+    """A group's candidate rows with and without the result rows indexed after `after`, in
+    the order a full join sees them (a request line left without any result row becomes its
+    "no result" row)."""
+    now, before = [], []
+    for k, row in enumerate(rows):
+        now.append(row[:11])
+        old = row[11] is None or row[11] <= after
+        if old:
+            before.append(row[:11])
+        line_ends = k + 1 == len(rows) or rows[k + 1][10] != row[10]
+        if line_ends and not any(r[10] == row[10] for r in before):
+            before.append(row[:7] + (None, None, None, row[10]))
+    return now, before
+
+
 def _parsed_request_fields(path: str, lineno: int, line: bytes) -> tuple[str, int, int]:
     """(custom_id, endpoint code, flags) of a request line, parsed in full."""
     try:
@@ -785,7 +884,7 @@ def _parsed_request_fields(path: str, lineno: int, line: bytes) -> tuple[str, in
     return cid, ep, flags
 
 
-class _Reader:
+class Reader:
     """pread of lines by offset, with one open descriptor per file."""
 
     def __init__(self) -> None:
@@ -817,7 +916,8 @@ class Chosen:
     source: Source
     input_offset: int
     input_length: int
-    reader: _Reader
+    reader: Reader
+    group: int = 0  # the index's number of the request (its first input line)
 
     def request_line(self) -> bytes:
         """The original request line, byte for byte, without its line ending."""
@@ -864,7 +964,7 @@ def _classify_raw(custom_id: str, kind: str, raw: bytes, request_body, endpoint:
     return rec
 
 
-class _Judge:
+class Judge:
     """Picks the record of one custom_id from its candidate rows (the index's rows() groups).
 
     A candidate is one source's result line for the request, or the source's "no result yet"
@@ -872,7 +972,7 @@ class _Judge:
     """
 
     def __init__(self, sources: list[Source], result_files: list[tuple[str, str]],
-                 reader: _Reader) -> None:
+                 reader: Reader) -> None:
         self.sources, self.result_files, self.reader = sources, result_files, reader
 
     def candidate(self, row: tuple) -> tuple[dict, Source, tuple]:
@@ -917,15 +1017,18 @@ class _Judge:
 
 def reconcile(sources: list[Source], on_record: Callable[[Chosen], None],
               tmp_dir: str | None = None,
-              progress: Callable[[str], None] | None = None) -> Summary:
+              progress: Callable[[str], None] | None = None,
+              index: Index | None = None) -> Summary:
     """Call `on_record` once per request (union of all sources), in input order.
 
     Sources are listed job by job; the first job's input order decides the order, and
-    custom_ids that only later jobs have follow in their order.
+    custom_ids that only later jobs have follow in their order. A caller that passes its own
+    (new) `index` keeps it afterwards: it decides whether it is kept or closed.
     """
     summary = Summary()
-    index = Index(tmp_dir)
-    reader = _Reader()
+    own_index = index is None
+    index = Index(tmp_dir) if own_index else index
+    reader = Reader()
     try:
         for src, source in enumerate(sources):
             index.add_inputs(src, source)
@@ -934,20 +1037,21 @@ def reconcile(sources: list[Source], on_record: Callable[[Chosen], None],
             if progress:
                 progress(f"indexed {source.label or source.input_path}")
         index.finish()
-        best = _Judge(sources, index.result_files, reader).best
-        count = _Counter(summary)
+        best = Judge(sources, index.result_files, reader).best
+        count = Counter(summary)
         for group in index.rows():
             record, source, in_off, in_len, superseded = best(group)
             if superseded:
                 summary.superseded += superseded
             count(record, source)
-            on_record(Chosen(record, source, in_off, in_len, reader))
+            on_record(Chosen(record, source, in_off, in_len, reader, group[0][0]))
         summary.duplicate_inputs = index.duplicate_inputs
         summary.unmatched_results = index.unmatched_results
         summary.unreadable_results = index.unreadable_results
     finally:
         reader.close()
-        index.close()
+        if own_index:
+            index.close()
     return summary
 
 
@@ -958,7 +1062,7 @@ def _attempts(group: list[tuple], sources: list[Source]) -> int:
     return len({sources[row[2]].job for row in group})
 
 
-class _Counter:
+class Counter:
     """Adds one record to a Summary: its status, tokens, and why it is missing."""
 
     def __init__(self, summary: Summary) -> None:

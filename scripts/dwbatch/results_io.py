@@ -73,20 +73,47 @@ _encode = _record_encoder()
 
 
 class _JsonlWriter:
+    """Writes records to a binary file; write() says how many bytes each took."""
+
+    head = 0  # bytes before the first record
+
     def __init__(self, f) -> None:
         self.f = f
 
-    def write(self, record: dict) -> None:
-        self.f.write(_encode(record) + "\n")
+    def write(self, record: dict) -> int:
+        data = (_encode(record) + "\n").encode("utf-8")
+        self.f.write(data)
+        return len(data)
+
+    def write_bytes(self, data: bytes) -> None:
+        """Bytes copied as they are (records an earlier join wrote)."""
+        self.f.write(data)
 
 
-class _CsvWriter:
+class CountingSink:
+    """A text file (what csv.writer writes to) over a binary file: counts the bytes."""
+
     def __init__(self, f) -> None:
-        self.w = csv.writer(f)
-        self.w.writerow(CSV_COLUMNS)
+        self.f, self.written = f, 0
 
-    def write(self, record: dict) -> None:
+    def write(self, text: str) -> None:
+        data = text.encode("utf-8")
+        self.f.write(data)
+        self.written += len(data)
+
+
+class _CsvWriter(_JsonlWriter):
+    def __init__(self, f) -> None:
+        super().__init__(f)
+        self.sink = CountingSink(f)
+        self.w = csv.writer(self.sink)
+        self.w.writerow(CSV_COLUMNS)
+        self.head = self.sink.written
+
+    def write(self, record: dict) -> int:
+        before = self.sink.written
         self.w.writerow(csv_row(record))
+        return self.sink.written - before
 
 
 @contextlib.contextmanager
@@ -94,8 +121,7 @@ def results_writer(path: str, fmt: str = "jsonl") -> Iterator[_JsonlWriter | _Cs
     """A writer with .write(record); the file appears at `path` only when complete."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
-    newline = "" if fmt == "csv" else None
-    with atomic_open(path, "w", newline=newline) as f:
+    with atomic_open(path, "wb") as f:
         yield _JsonlWriter(f) if fmt == "jsonl" else _CsvWriter(f)
 
 
@@ -107,25 +133,35 @@ def format_from_path(path: str | None, default: str = "jsonl") -> str:
 
 
 def reconcile_to_files(sources, results_path: str, fmt: str, retry_writer=None,
-                       tmp_dir: str | None = None, progress=None, table_writer=None):
+                       tmp_dir: str | None = None, progress=None, table_writer=None,
+                       index=None, sizes=None):
     """Reconcile `sources` into the results file (and the retry file and the user's table);
     returns the Summary.
 
     Each file appears complete or not at all: on any failure the results file keeps its
-    previous version and no partial retry file or table is left behind.
+    previous version and no partial retry file or table is left behind. `index` (the
+    join's, kept by the caller) and `sizes` (a rejoin.RowSizes: what each request took in
+    each file) are for a later join that brings these files up to date (rejoin.py).
     """
     from .reconcile import reconcile
 
     try:
         with results_writer(results_path, fmt) as out:
-            def on_record(chosen):
-                out.write(chosen.record)
-                if retry_writer is not None:
-                    retry_writer.consider(chosen.record, chosen.request_line)
-                if table_writer is not None:
-                    table_writer.add(chosen.record)
+            if sizes is not None:
+                sizes.head = out.head
 
-            summary = reconcile(sources, on_record, tmp_dir=tmp_dir, progress=progress)
+            def on_record(chosen):
+                written = out.write(chosen.record)
+                retried = tabled = 0
+                if retry_writer is not None:
+                    retried = retry_writer.consider(chosen.record, chosen.request_line)
+                if table_writer is not None:
+                    tabled = table_writer.add(chosen.record)
+                if sizes is not None:
+                    sizes.add(chosen.group, written, retried, tabled)
+
+            summary = reconcile(sources, on_record, tmp_dir=tmp_dir, progress=progress,
+                                index=index)
     except BaseException:
         for writer in (retry_writer, table_writer):
             if writer is not None:

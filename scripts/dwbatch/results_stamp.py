@@ -27,7 +27,7 @@ from .fsutil import write_json_atomic
 STAMP_VERSION = 2
 # The modules whose code decides the bytes of the results and retry files.
 _JOIN_MODULES = ("reconcile.py", "results_io.py", "retry_file.py", "retry_policy.py",
-                 "table.py", "csv_safe.py", "inputs.py")
+                 "table.py", "csv_safe.py", "inputs.py", "rejoin.py")
 
 
 def stamp_path(results_path: str) -> str:
@@ -74,23 +74,45 @@ def fingerprint(sources, options: dict) -> dict:
             "sources": items}
 
 
-def load_reusable(results_path: str, retry_path: str, current: dict,
-                  others: tuple[str | None, ...] = ()) -> dict | None:
-    """The outcome stored with the stamp when it vouches for the files as they are, else None."""
+def load(results_path: str, retry_path: str, others: tuple[str | None, ...] = ()
+         ) -> dict | None:
+    """The stamp, when the results and retry files (and `others`: the table) are the very
+    ones it describes."""
     try:
         with open(stamp_path(results_path), encoding="utf-8") as f:
             stamp = json.load(f)
     except (OSError, ValueError):
         return None
-    if not isinstance(stamp, dict) or stamp.get("fingerprint") != current:
+    if not isinstance(stamp, dict) or not isinstance(stamp.get("outcome"), dict):
         return None
     if file_state(results_path) is None or \
             stamp.get("results_state") != file_state(results_path) or \
             stamp.get("retry_state") != file_state(retry_path) or \
             stamp.get("other_states", []) != [file_state(p) for p in others]:
         return None
-    outcome = stamp.get("outcome")
-    return outcome if isinstance(outcome, dict) else None
+    return stamp
+
+
+def load_reusable(results_path: str, retry_path: str, current: dict,
+                  others: tuple[str | None, ...] = ()) -> dict | None:
+    """The outcome stored with the stamp when it vouches for the files as they are, else None."""
+    stamp = load(results_path, retry_path, others)
+    if stamp is None or stamp.get("fingerprint") != current:
+        return None
+    return stamp["outcome"]
+
+
+def only_raw_files_differ(stamped: dict, current: dict) -> bool:
+    """Do two fingerprints differ in the state of raw output/error copies only? (Whether
+    those only grew is for rejoin.py to check, line by line.)"""
+    def without_raw(fp) -> object:
+        if not isinstance(fp, dict) or not isinstance(fp.get("sources"), list):
+            return None
+        sources = [{k: v for k, v in item.items()
+                    if k not in ("output_path_state", "error_path_state")}
+                   for item in fp["sources"] if isinstance(item, dict)]
+        return {**fp, "sources": sources}
+    return without_raw(stamped) is not None and without_raw(stamped) == without_raw(current)
 
 
 def forget(results_path: str) -> None:

@@ -119,22 +119,43 @@ class RetryWriter:
     def lines(self) -> int:
         return sum(self.counts.values())
 
-    def consider(self, record: dict, request_line) -> None:
+    def consider(self, record: dict, request_line) -> int:
         """Ask the policy about one record; write its request line when it is to be retried.
-        `request_line()` gives the original line (read only when needed)."""
+        `request_line()` gives the original line (read only when needed). Returns the bytes
+        written."""
         if self.policy.decide(record) == "retry":
-            self.add(record, request_line())
+            return self.add(record, request_line())
+        return 0
 
-    def add(self, record: dict, line: bytes) -> None:
+    def add(self, record: dict, line: bytes) -> int:
+        """Write the request line of `record`; returns the bytes written."""
+        if record["status"] == "truncated" and self.raise_tokens is not None:
+            line = raise_max_tokens(line, record, self.raise_tokens)
+        self.write_bytes(line + b"\n")
+        self.counts[record["status"]] = self.counts.get(record["status"], 0) + 1
+        return len(line) + 1
+
+    def write_bytes(self, data: bytes) -> None:
+        """Bytes as they are: lines an earlier run wrote (their counts come with resume())."""
+        if not data:
+            return
         if self._f is None:
             self._stack = contextlib.ExitStack()
             self._f = self._stack.enter_context(atomic_open(self.path, "wb"))
             self._digest = hashlib.sha256()
-        if record["status"] == "truncated" and self.raise_tokens is not None:
-            line = raise_max_tokens(line, record, self.raise_tokens)
-        self._f.write(line + b"\n")
-        self._digest.update(line + b"\n")
-        self.counts[record["status"]] = self.counts.get(record["status"], 0) + 1
+        self._f.write(data)
+        self._digest.update(data)
+
+    def resume(self, counts: dict) -> None:
+        """Start from the counts of the file an earlier run wrote, whose lines are about to be
+        copied into this one (write_bytes), with some replaced (discount, then add)."""
+        self.counts = dict(counts)
+
+    def discount(self, record: dict) -> None:
+        """Take back the line an earlier run wrote for `record` (it is not copied)."""
+        self.counts[record["status"]] -= 1
+        if not self.counts[record["status"]]:
+            del self.counts[record["status"]]
 
     def keep(self, counts: dict) -> None:
         """The file an earlier run wrote is still right (see results_stamp): report it as

@@ -70,12 +70,18 @@ class RetryPolicy:
 
     def decide(self, record: dict) -> str | None:
         """'retry', 'give_up', or None (ok, pending, or a status not asked for)."""
+        verdict = self.verdict(record)
+        if verdict == "give_up":
+            self._give_up(record)
+        return verdict
+
+    def verdict(self, record: dict) -> str | None:
+        """What decide() says, without counting anything."""
         status = record["status"]
         if status in NOT_RETRIED or status not in self.statuses:
             return None
         if record.get("retriable", True) and record.get("attempts", 1) < self.max_attempts:
             return "retry"
-        self._give_up(record)
         return "give_up"
 
     def _give_up(self, record: dict) -> None:
@@ -89,6 +95,10 @@ class RetryPolicy:
         """gave_up_reasons for the envelope: most common first."""
         items = [{"reason": r, **v} for r, v in self.reasons.items()]
         return sorted(items, key=lambda e: -e["count"])
+
+    def fresh(self) -> RetryPolicy:
+        """The same rules with an empty tally."""
+        return RetryPolicy(self.statuses, self.max_attempts)
 
     def keep(self, gave_up: int, reasons: list[dict]) -> None:
         """The tally an earlier run stored (the files were kept as they are)."""

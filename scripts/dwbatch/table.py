@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import os
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ from .errors import InputError
 from .fsutil import atomic_open
 from .inputs import open_source
 from .provenance import sha256_of
+from .results_io import CountingSink
 
 TABLE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl",
                  ".ndjson": "jsonl"}
@@ -115,7 +117,8 @@ class _Columns:
 
 
 class _Sink:
-    """Rows into CSV/TSV (cells as text) or JSONL (objects), into an atomic file."""
+    """Rows into CSV/TSV (cells as text) or JSONL (objects), into an atomic file (`f`: a
+    results_io.CountingSink, which says how many bytes the header and each row took)."""
 
     def __init__(self, f, fmt: str) -> None:
         self.fmt = fmt
@@ -123,13 +126,18 @@ class _Sink:
         self.writer = csv.writer(f, delimiter="\t" if fmt == "tsv" else ",") \
             if fmt in ("csv", "tsv") else None
         self.header: list[str] | None = None
+        self.head = 0  # bytes of the header row
+        self.last_row = 0  # bytes of the last row
 
     def start(self, header: list[str]) -> None:
         self.header = header
+        before = self.f.written
         if self.writer is not None:
             self.writer.writerow(header)
+        self.head = self.f.written - before
 
     def row(self, input_cells: list, added: list, added_names: list[str]) -> None:
+        before = self.f.written
         if self.writer is not None:
             # input cells as read; what came from the model or server made spreadsheet-safe
             self.writer.writerow([_text(v) for v in input_cells]
@@ -138,6 +146,7 @@ class _Sink:
             obj = dict(zip(self.header[:len(input_cells)], input_cells, strict=True))
             obj.update(zip(added_names, added, strict=True))
             self.f.write(_encode(obj) + "\n")
+        self.last_row = self.f.written - before
 
 
 class TableWriter:
@@ -162,9 +171,8 @@ class TableWriter:
 
     # -- lifecycle --------------------------------------------------------------------------
     def _open(self) -> None:
-        newline = "" if self.fmt in ("csv", "tsv") else None
-        f = self._stack.enter_context(atomic_open(self.path, "w", newline=newline))
-        self._sink = _Sink(f, self.fmt)
+        f = self._stack.enter_context(atomic_open(self.path, "wb"))
+        self._sink = _Sink(CountingSink(f), self.fmt)
         if self.source is None:
             return
         recorded = self.source.get("sha256")
@@ -182,9 +190,10 @@ class TableWriter:
         if src.columns is not None:
             self._input_columns = list(src.columns)
 
-    def add(self, record: dict) -> None:
+    def add(self, record: dict) -> int:
+        """Write `record`'s row; returns the bytes the row took (0: the table is abandoned)."""
         if self.failed is not None:
-            return
+            return 0
         try:
             if self._sink is None:
                 self._open()
@@ -194,6 +203,8 @@ class TableWriter:
                 self._add_row(record)
         except (TableError, InputError, OSError) as exc:
             self._fail(str(exc))
+            return 0
+        return self._sink.last_row
 
     def commit(self) -> dict:
         """Finish the file. Returns {"path" (None when abandoned), "rows", "columns" (in
@@ -217,6 +228,43 @@ class TableWriter:
             return {"path": None, "rows": 0, "columns": None, "error": self.failed}
         return {"path": self.path, "rows": self.rows, "columns": self._columns_text(),
                 "error": None}
+
+    @property
+    def head(self) -> int:
+        """Bytes of the header row (written with the first row)."""
+        return self._sink.head if self._sink is not None else 0
+
+    def row_again(self, old_row: bytes, old: dict, new: dict) -> bytes | None:
+        """The row of record `new` in place of the row an earlier run wrote for record `old`
+        (its input cells read back from it), or None when that row does not read back to
+        exactly its own bytes: then only a full join will do."""
+        added = len(_Columns([], self.answer).names)
+        try:
+            if self.fmt in ("csv", "tsv"):
+                rows = list(csv.reader(io.StringIO(old_row.decode("utf-8"), newline=""),
+                                       delimiter="\t" if self.fmt == "tsv" else ","))
+                if len(rows) != 1 or len(rows[0]) < added:
+                    return None
+                cells, keys, names = rows[0][:-added], None, None
+            else:
+                obj = json.loads(old_row)
+                keys = list(obj) if isinstance(obj, dict) else []
+                if len(keys) < added:
+                    return None
+                keys, names = keys[:-added], keys[-added:]
+                cells = [obj[k] for k in keys]
+        except (ValueError, csv.Error):
+            return None
+        columns = _Columns([], self.answer)
+
+        def render(record: dict) -> bytes:
+            buffer = io.BytesIO()
+            sink = _Sink(CountingSink(buffer), self.fmt)
+            sink.header = None if keys is None else [*keys, *names]
+            sink.row(cells, columns.values(record), names or columns.names)
+            return buffer.getvalue()
+
+        return render(new) if render(old) == old_row else None
 
     def keep(self, info: dict) -> None:
         """The table an earlier run wrote is still right (see results_stamp)."""
