@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import json.scanner
 import os
 import re
 import sqlite3
@@ -387,9 +388,11 @@ def classify_line(custom_id: str | None, kind: str, line: dict, request_body: di
     """classify(), with custom_id as the record's first field (the join adds batch_id last)."""
     rec: dict = {"custom_id": custom_id, "status": "error", "content": None,
                  "finish_reason": None, "usage": None, "error": None}
-    response = line.get("response") if isinstance(line, dict) else None
-    error = line.get("error") if isinstance(line, dict) else None
-    if kind == "error" or not isinstance(response, dict):
+    if type(line) is dict:  # (parsed JSON: a dict is exactly a dict)
+        response, error = line.get("response"), line.get("error")
+    else:
+        response = error = None
+    if kind == "error" or type(response) is not dict:
         rec["error"] = error_details(error if error is not None else
                                      "the result line has neither a response nor an error")
         if rec["error"]["code"] in NEVER_RAN_CODES:
@@ -530,9 +533,22 @@ _CID_KEYS = _key_patterns("custom_id")
 _URL_KEYS = _key_patterns("url")
 
 
+_scan = json.scanner.make_scanner(json.JSONDecoder())
+_LINE_ENDS = ("", "\n", "\r\n")
+
+
 def loads(line: bytes):
-    """json.loads for a UTF-8 line, without the encoding sniffing."""
-    return _decode(line.decode("utf-8"))
+    """json.loads for a UTF-8 line, without the encoding sniffing: the C scanner straight
+    away; anything it does not take as is (leading blanks, odd trailing bytes, an error)
+    goes through json's own decode, which accepts or refuses it as json.loads would."""
+    text = line.decode("utf-8")
+    try:
+        value, end = _scan(text, 0)
+    except StopIteration:
+        return _decode(text)
+    if text[end:] not in _LINE_ENDS:
+        return _decode(text)
+    return value
 
 
 def _simple_string(line: bytes, patterns: tuple[bytes, bytes]) -> bytes | None:
@@ -996,23 +1012,24 @@ class Judge:
     def best(self, group: list[tuple]) -> tuple[dict, Source, int, int, int]:
         """(record, source, input offset, input length, candidates superseded) of a group;
         the record ends with attempts (and retriable, when it is not ok or pending)."""
-        if len(group) == 1:
+        if len(group) == 1:  # (most requests: one line, one or no result)
             row = group[0]
-            rec, source, _order = self.candidate(row)
-            best, superseded = (rec, source, row[3], row[4]), 0
-        else:
-            best = best_key = None
-            for row in group:
-                rec, source, order = self.candidate(row)
-                key = (-STATUS_RANK[rec["status"]], order)
-                if best_key is None or key > best_key:
-                    best, best_key = (rec, source, row[3], row[4]), key
-            superseded = len(group) - 1
+            record, source, _order = self.candidate(row)
+            record["attempts"] = 1
+            if record["status"] not in NOT_RETRIED:
+                record["retriable"] = is_retriable(record)
+            return record, source, row[3], row[4], 0
+        best = best_key = None
+        for row in group:
+            rec, source, order = self.candidate(row)
+            key = (-STATUS_RANK[rec["status"]], order)
+            if best_key is None or key > best_key:
+                best, best_key = (rec, source, row[3], row[4]), key
         record = best[0]
         record["attempts"] = _attempts(group, self.sources)
         if record["status"] not in NOT_RETRIED:
             record["retriable"] = is_retriable(record)
-        return (*best, superseded)
+        return (*best, len(group) - 1)
 
 
 def reconcile(sources: list[Source], on_record: Callable[[Chosen], None],

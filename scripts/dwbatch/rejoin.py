@@ -136,6 +136,9 @@ def full_join(sources: list[rc.Source], results_path: str, fmt: str, retry_write
     """A full join; while some request is pending it keeps its index and sizes for update().
     Returns the summary and the state to keep in the stamp (None: nothing kept)."""
     remove_cache(results_path)
+    if all(source.finished for source in sources):  # nothing can be pending: keep nothing
+        return reconcile_to_files(sources, results_path, fmt, retry_writer,
+                                  progress=progress, table_writer=table_writer), None
     index_path, sizes_path = cache_paths(results_path)
     index = rc.Index(tmp_dir=os.path.dirname(index_path),
                      prefix=os.path.basename(index_path) + ".")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from .errors import InputError
 from .fsutil import atomic_open
 from .reconcile import endpoint_of, usage_numbers
-from .retry_policy import RetryPolicy
+from .retry_policy import NOT_RETRIED, RetryPolicy
 
 RETRYABLE = ("error", "truncated", "invalid_json", "schema_invalid", "missing")
 
@@ -123,6 +123,8 @@ class RetryWriter:
         """Ask the policy about one record; write its request line when it is to be retried.
         `request_line()` gives the original line (read only when needed). Returns the bytes
         written."""
+        if record["status"] in NOT_RETRIED:  # (most records: no need to ask)
+            return 0
         if self.policy.decide(record) == "retry":
             return self.add(record, request_line())
         return 0
