@@ -178,9 +178,15 @@ def check_results(path: str, n: int, pending: set[int] = frozenset()) -> str | N
     return None
 
 
-def fetch(folder: str, *flags: str) -> common.Measurement:
-    return common.measure(common.script("fetch_results.py", "bench.job.json", "--offline",
-                                        "--json", *flags), cwd=folder)
+def fetch(folder: str, *flags: str, scripts: str = common.SCRIPTS) -> common.Measurement:
+    return common.measure([sys.executable, os.path.join(scripts, "fetch_results.py"),
+                           "bench.job.json", "--offline", "--json", *flags], cwd=folder)
+
+
+def table_flags() -> list[str]:
+    """--table FILE when fetch_results.py writes the user's table: it is compared too."""
+    text = common.measure(common.script("fetch_results.py", "--help")).stdout
+    return ["--table", "bench.table.csv"] if "--table" in text else []
 
 
 def outputs(folder: str) -> list[str]:
@@ -199,7 +205,7 @@ def same_files(folder: str, saved: str) -> str | None:
     return f"{', '.join(differ)} differ" if differ else None
 
 
-def full_join(n: int, repeat: int, report: common.Report) -> None:
+def full_join(n: int, repeat: int, report: common.Report, before: str | None) -> None:
     t0 = time.perf_counter()
     job = ensure_job(n)
     folder = os.path.dirname(job)
@@ -207,9 +213,14 @@ def full_join(n: int, repeat: int, report: common.Report) -> None:
     raw = os.path.join(folder, "bench.raw")
     files = [os.path.join(folder, "bench.jsonl"), os.path.join(raw, f"{BATCH_ID}.output.jsonl"),
              os.path.join(raw, f"{BATCH_ID}.errors.jsonl")]
-    runs = common.alternate({
+    contenders = {
         "baseline": lambda: common.measure([sys.executable, "-c", BASELINE, *files]),
-        "join": lambda: fetch(folder, "--rebuild")}, repeat)
+        "join": lambda: fetch(folder, "--rebuild")}
+    if before:
+        contenders["before"] = lambda: fetch(folder, "--rebuild", "-o", "before.results.jsonl",
+                                             "--retry-file", "before.retry.jsonl",
+                                             scripts=os.path.join(before, "scripts"))
+    runs = common.alternate(contenders, repeat)
     base, m = common.combined(runs["baseline"]), common.combined(runs["join"])
     result = m.json()
     problem = check_results(os.path.join(folder, "bench.results.jsonl"), n)
@@ -224,6 +235,13 @@ def full_join(n: int, repeat: int, report: common.Report) -> None:
                          ["", ",", ".2f", ",.0f", ".1f", "{:.2f}x", "", ""])
     table.add("json.loads per line of input + output + error files (baseline)", n, base.wall,
               n / base.wall, base.peak_mb, 1.0, base.exit_code, "-")
+    if before:
+        old = common.combined(runs["before"])
+        same = common.sha256_of(os.path.join(folder, "before.results.jsonl")) == \
+            common.sha256_of(os.path.join(folder, "bench.results.jsonl"))
+        table.add(f"the same, scripts of {os.path.basename(before.rstrip('/'))} (before)", n,
+                  old.wall, n / old.wall, old.peak_mb, old.wall / base.wall, old.exit_code,
+                  "the same bytes" if same else "other bytes (record fields changed since)")
     table.add("fetch_results.py --offline --rebuild", n, m.wall, n / m.wall, m.peak_mb,
               m.wall / base.wall, m.exit_code,
               problem or "one record per request, input order, own answer")
@@ -249,33 +267,34 @@ def refetch(n: int, report: common.Report, keep: bool) -> None:
     job = ensure_job(n, arrived=before, name="refetch", status="in_progress")
     folder = os.path.dirname(job)
     saved = os.path.join(folder, "refetched")
+    table = table_flags()
     try:
-        first = fetch(folder)
+        first = fetch(folder, *table)
         order = completion_order(n)
         write_results(os.path.join(folder, "bench.raw"), order[before:before + new], "ab")
-        again = fetch(folder)
+        again = fetch(folder, *table)
         os.makedirs(saved, exist_ok=True)
         for name in outputs(folder):
             shutil.copy(os.path.join(folder, name), os.path.join(saved, name))
-        full = fetch(folder, "--rebuild")
+        full = fetch(folder, "--rebuild", *table)
         differs = same_files(folder, saved)
         problem = check_results(os.path.join(folder, "bench.results.jsonl"), n,
                                 pending=set(order[before + new:]))
     finally:
         if not keep:
             common.remove(folder)
-    table = report.table(
+    shown = report.table(
         f"A running job of {n:,} requests: {before:,} results joined, then {new:,} more "
         "arrive (fetch_results.py --offline each time)",
         ["run", "result lines", "wall s", "peak MB", "x full join", "exit"],
         ["", ",", ".2f", ".1f", "{:.1%}", ""])
-    table.add("first fetch (joins everything)", before, first.wall, first.peak_mb,
+    shown.add("first fetch (joins everything)", before, first.wall, first.peak_mb,
               first.wall / full.wall, first.exit_code)
-    table.add(f"re-fetch after {new:,} new lines (1%)", before + new, again.wall,
+    shown.add(f"re-fetch after {new:,} new lines (1%)", before + new, again.wall,
               again.peak_mb, again.wall / full.wall, again.exit_code)
-    table.add("full join of the same files (--rebuild)", before + new, full.wall,
+    shown.add("full join of the same files (--rebuild)", before + new, full.wall,
               full.peak_mb, 1.0, full.exit_code)
-    table.notes.append("results, retry file (and table) of the re-fetch against the full "
+    shown.notes.append(f"{', '.join(outputs(saved))} of the re-fetch against the full "
                        "join's: " + (differs or "byte for byte the same"))
     for name, m in (("first fetch", first), ("re-fetch", again), ("full join", full)):
         if m.exit_code != 3:  # pending requests remain: not finished yet
@@ -292,12 +311,16 @@ def main() -> int:
     parser = common.parser_for(__doc__)
     parser.add_argument("--requests", "--lines", type=int, default=1_000_000,
                         help="requests to reconcile (default 1,000,000)")
+    parser.add_argument("--before", metavar="DIR",
+                        help="also time the join of an earlier copy of the project in DIR "
+                             "(its scripts/ folder), in the same alternation: e.g. "
+                             "git archive COMMIT scripts | tar -x -C DIR")
     common.add_repeat_arg(parser, default=1)
     common.add_common_args(parser)
     args = parser.parse_args()
     report = common.Report("reconcile", "Reconciliation of results")
     try:
-        full_join(args.requests, args.repeat, report)
+        full_join(args.requests, args.repeat, report, args.before)
     finally:
         if not args.keep:
             common.remove(common.work_path(f"reconcile-{args.requests}"))
