@@ -75,8 +75,9 @@ A re-run with nothing new (no new lines, same batch statuses, same options) keep
 results, retry and table files as they are and reports the same summary (a stamp beside the
 results file, .NAME.stamp.json, records what they were built from). A re-run that finds only
 new result lines joins just those: the requests they name are decided again and every other
-record is copied, byte for byte what a full join writes (while requests are pending the join
-keeps its index beside the results file: .NAME.join.sqlite, .NAME.join.sizes).
+record and table row is copied: the results, retry file and table come out byte for byte as
+a full join writes them (while requests are pending the join keeps its index beside the
+results file: .NAME.join.sqlite, .NAME.join.sizes).
 
 The summary gives the token usage and the actual cost (cost_usd: the batches' own
 GET /batches/{id}/analytics total_cost, summed; null when the server does not report it, or
