@@ -193,7 +193,22 @@ def _reject_constant(name: str):
 # What the server sends is parsed strictly: NaN/Infinity are not JSON, and a line that has them
 # is a bad line, not a results file that is not JSON later. (Python 3.11+ also refuses
 # integers of more than 4,300 digits, with ValueError: a bad line too.)
-strict_loads = json.JSONDecoder(parse_constant=_reject_constant).decode
+_STRICT = json.JSONDecoder(parse_constant=_reject_constant)
+_strict_scan = json.scanner.make_scanner(_STRICT)
+_LINE_ENDS = ("", "\n", "\r\n")
+
+
+def strict_loads(text: str):
+    """_STRICT.decode(text), the C scanner straight away: anything it does not take as is
+    (leading blanks, odd trailing characters, an error) goes through decode, which accepts or
+    refuses it as it always would."""
+    try:
+        value, end = _strict_scan(text, 0)
+    except StopIteration:
+        return _STRICT.decode(text)
+    if text[end:] not in _LINE_ENDS:
+        return _STRICT.decode(text)
+    return value
 BAD_LINE_ERRORS = (ValueError, TypeError, AttributeError, KeyError, IndexError, RecursionError)
 
 
@@ -534,7 +549,6 @@ _URL_KEYS = _key_patterns("url")
 
 
 _scan = json.scanner.make_scanner(json.JSONDecoder())
-_LINE_ENDS = ("", "\n", "\r\n")
 
 
 def loads(line: bytes):
