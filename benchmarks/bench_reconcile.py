@@ -315,6 +315,9 @@ def main() -> int:
                         help="also time the join of an earlier copy of the project in DIR "
                              "(its scripts/ folder), in the same alternation: e.g. "
                              "git archive COMMIT scripts | tar -x -C DIR")
+    parser.add_argument("--join-only", action="store_true",
+                        help="measure the full join only, without the running-job re-fetch "
+                             "(e.g. to see whether memory grows at 2,000,000)")
     common.add_repeat_arg(parser, default=1)
     common.add_common_args(parser)
     args = parser.parse_args()
@@ -324,7 +327,8 @@ def main() -> int:
     finally:
         if not args.keep:
             common.remove(common.work_path(f"reconcile-{args.requests}"))
-    refetch(args.requests, report, args.keep)
+    if not args.join_only:
+        refetch(args.requests, report, args.keep)
     return common.finish(report, args)
 
 
