@@ -250,6 +250,22 @@ def test_a_404_keeps_the_saved_lines_and_says_the_file_is_gone(sb, tmp_path, hos
     assert_finishes_when_healthy(job)
 
 
+def test_a_404_while_the_batch_runs_says_the_file_is_gone_not_not_ready(sb, tmp_path,
+                                                                       hostile):
+    """The service makes result files when the batch is created, so a 404 on one is never
+    "not ready yet": the envelope says the file is gone (before: a silent `not_ready`, and an
+    agent would wait on it for ever)."""
+    job = submitted(sb, tmp_path, ["a", "b"])
+    out_path = content_of(job, "output")
+    gone = hostile(passing(sb, lambda call: Reply(404, b"File with ID x not found")
+                           if call.path == out_path else None))
+    code, out = job.fetch(base_url=gone.base_url)
+    assert code == 3, out
+    assert out["batches"][0]["output"]["mode"] == "gone"
+    assert any("gone from the server" in n and "nothing of it was saved" in n
+               for n in out["notes"])
+
+
 @pytest.mark.parametrize("last_line", ["-1", "0", "1", "abc", "99999999999"])
 def test_x_last_line_below_the_saved_count_or_nonsense_keeps_the_saved_lines(
         sb, tmp_path, hostile, last_line):

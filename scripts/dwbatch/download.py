@@ -296,7 +296,7 @@ class FileResult:
     file_id: str | None
     lines: int = 0          # lines saved in total
     new_lines: int = 0      # lines saved by this run
-    # incremental | whole_file | replaced | kept | not_ready | waiting_for_end | gone | none
+    # incremental | whole_file | replaced | kept | waiting_for_end | gone | none
     mode: str = "none"
     complete: bool = False  # the server said there is nothing more to come
     note: str | None = None  # why saved lines were kept as they are (gone, kept)
@@ -533,7 +533,7 @@ def download_file(api, file_id: str | None, path: str, kind: str, state: dict,
         except api_client.APIError as exc:
             if exc.status != 404:
                 raise
-            return fresh.gone(terminal)
+            return fresh.gone()
         with stream:
             last = _last_line_header(stream, lines, caps, file_id)
             if last is None:
@@ -589,16 +589,16 @@ class _Fresh:
     warn: Callable[[str], None]
     sleep: Callable[[float], None]
 
-    def gone(self, terminal: bool) -> FileResult:
-        """A 404: the file is unknown or was deleted (files expire), never "start over"."""
+    def gone(self) -> FileResult:
+        """A 404: the file is unknown or was deleted (files expire), never "not ready yet"
+        (a server that makes result files at the end names no file id before) and never
+        "start over": the saved lines stay."""
         lines = self.result.lines
-        if lines == 0 and not terminal:
-            self.result.mode = "not_ready"  # stock servers show result files only at the end
-            return self.result
         self.result.mode = "gone"
+        kept = (f"the {lines} lines saved before are kept and used" if lines
+                else "nothing of it was saved before")
         self.result.note = (f"the {self.kind} file {self.file_id} is gone from the server "
-                            f"(404: deleted or expired); the {lines} lines saved before are "
-                            "kept and used")
+                            f"(404: deleted or expired); {kept}")
         return self.result
 
     def replace(self, reason: str) -> FileResult:
@@ -611,7 +611,7 @@ class _Fresh:
         except api_client.APIError as exc:
             _remove(new)
             if exc.status == 404:
-                return self.gone(True)
+                return self.gone()
             raise
         except BaseException:
             _remove(new)
@@ -677,7 +677,7 @@ class _Fresh:
             except api_client.APIError as exc:
                 if exc.status != 404:
                     raise
-                self.gone(True)
+                self.gone()
                 return "gone"
             with stream, open(self.path, "rb") as saved:
                 if skip:
