@@ -58,8 +58,10 @@ has (404: deleted or expired) keeps its saved lines. A result line that cannot b
 one "error" record (retriable), never the end of the job. Given several jobs
 of one family (an original and its retry jobs), a later ok supersedes an earlier failure for
 the same custom_id; jobs of different families or endpoints are refused (exit 2,
-unrelated_jobs). Each record carries "attempts" (how many of the given jobs sent it) and, when
-not ok/pending, "retriable". The retry file (which submit.py accepts) holds only what is worth
+unrelated_jobs). Given part of a family as found on disk (a retry job without the job it came
+from), it saves what it can, says so, and next is the fetch of the whole family. Each
+record carries "attempts" (how many of the given jobs sent it) and, when not ok/pending,
+"retriable". The retry file (which submit.py accepts) holds only what is worth
 sending again: retriable records sent fewer than --max-attempts times; the rest are given up
 and listed by reason ("gave_up_reasons"). With nothing left to retry: no retry file, exit 4,
 next null: the job is finished.
@@ -432,11 +434,13 @@ def _report(args, targets, plan, summary, writer, retry_path, batches, downloads
     code = _exit_code(summary, retry_path)
     policy = writer.policy
     reasons = policy.reasons_list()
+    family, family_notes = fetch_plan.partial_family(targets)
+    json_flag = ["--json"] if args.json else []
     merge_cmd = None
-    if retry_path:
+    if retry_path and family is None:
         merge_cmd = cli.script_command(
             "fetch_results.py", *args.targets, _show(jobfile.default_job_path(retry_path)),
-            *(["--json"] if args.json else []))
+            *json_flag)
     if code == errors.NOT_FINISHED:
         # the same command (online: --offline would only re-read what is saved)
         next_cmd = cli.script_command("fetch_results.py",
@@ -447,11 +451,15 @@ def _report(args, targets, plan, summary, writer, retry_path, batches, downloads
     else:
         next_cmd = None
 
-    notes = []
-    siblings = fetch_plan.sibling_retry_jobs(targets)
-    if siblings:
-        notes.append("retry job(s) " + ", ".join(siblings) + " exist beside the job but were "
-                     "not given: list them after it to merge their results")
+    notes = list(family_notes)
+    if family is not None:
+        # part of a family: its attempts, supersessions and table need the whole family
+        next_cmd = cli.script_command("fetch_results.py", *family, *json_flag)
+        notes.append("these jobs are part of a family (the origin job, then its retry jobs): "
+                     + ", ".join(family) + ". Results of part of a family miss what the other "
+                     "jobs did (attempts, answers that superseded failures, the table), so "
+                     "this retry file is not the one to submit: fetch the whole family with "
+                     "the next command")
     if summary.duplicate_inputs:
         notes.append(f"{summary.duplicate_inputs} request lines repeat a custom_id of the same "
                      "batch: one record each custom_id")
@@ -482,8 +490,8 @@ def _report(args, targets, plan, summary, writer, retry_path, batches, downloads
                 for kind, res in downloads[entry.batch_id].files.items():
                     item[kind] = res.as_dict()
             batch_fields.append(item)
-    finished = code != errors.NOT_FINISHED and not retry_path and summary.records \
-        != summary.counts["ok"]
+    finished = code != errors.NOT_FINISHED and not retry_path and family is None \
+        and summary.records != summary.counts["ok"]
     fields = {
         "results_file": results_path, "format": plan.format, "records": summary.records,
         "counts": summary.counts, "usage": summary.usage,
@@ -537,7 +545,8 @@ def _report(args, targets, plan, summary, writer, retry_path, batches, downloads
     if retry_path:
         lines.append(f"retry file: {retry_path} ({writer.lines} requests: "
                      f"{_counts_text(writer.counts)})")
-        lines.append(f"after submitting it, merge with: {merge_cmd}")
+        if merge_cmd:
+            lines.append(f"after submitting it, merge with: {merge_cmd}")
     elif finished:
         lines.append("nothing left to retry: the job is finished. Tell the user which requests "
                      "could not be done and why (above); the results file has every record")

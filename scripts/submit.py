@@ -17,7 +17,7 @@ from dwbatch.deps import require  # standard library only
 
 require("requests", "jsonschema")  # before anything imports them: a clear error, not a traceback
 
-from dwbatch import cli, errors, limits, submitting
+from dwbatch import cli, errors, families, limits, polling, submitting
 from dwbatch.secrets import api_key_from_env
 
 
@@ -140,6 +140,18 @@ def poll_command(args: argparse.Namespace, job_path: str) -> str:
     return cli.script_command("poll.py", *parts)
 
 
+def fetch_command(args: argparse.Namespace, job_path: str, job: dict) -> str:
+    """The fetch to run once the job has finished: its whole family as found on disk (a
+    retry job is fetched together with the job it came from, origin first)."""
+    names, notes = families.fetch_args([polling.Target(job_path, job_path, job)])
+    for note in notes:
+        cli.warn("note: " + note)
+    parts = list(names)
+    if args.base_url:
+        parts += ["--base-url", args.base_url]
+    return cli.script_command("fetch_results.py", *parts, "--json")
+
+
 def _shard_view(shard: dict) -> dict:
     return {k: shard.get(k) for k in ("index", "path", "input", "requests", "bytes", "endpoint",
                                       "file_id", "batch_id", "status")}
@@ -173,6 +185,7 @@ def main(args: argparse.Namespace) -> cli.Result:
         "replaced_job": outcome.replaced_job,
         "notes": outcome.notes,
         "pilot": job.get("pilot"),
+        "fetch_command": None,
     }
     if outcome.dry_run:
         return _dry_run_result(args, outcome, fields, shards, requests, tokens)
@@ -190,16 +203,20 @@ def main(args: argparse.Namespace) -> cli.Result:
                      f" -> batch {s.get('batch_id')} [{s.get('status') or 'unknown'}]")
     if outcome.estimated_cost is not None:
         lines.append(f"estimated cost: ${outcome.estimated_cost}")
+    fields["fetch_command"] = fetch_command(args, outcome.job_path, job)
     if job.get("pilot"):
-        lines.append(pilot_text(job["pilot"], outcome.job_path))
+        lines.append(pilot_text(job["pilot"], fields["fetch_command"]))
+    elif job.get("origin"):
+        lines.append("a retry job: once it has finished, fetch it together with the job it "
+                     f"came from (the whole family): {fields['fetch_command']}")
     lines += [f"note: {n}" for n in outcome.notes]
     return cli.Result(fields=fields, summary="\n".join(lines),
                       next=poll_command(args, outcome.job_path))
 
 
-def pilot_text(pilot: dict, job_path: str) -> str:
+def pilot_text(pilot: dict, fetch: str) -> str:
     return (f"pilot: the first {pilot['pilot_requests']:,} of {pilot['full_requests']:,} "
-            f"requests. When it has finished, `fetch_results.py {job_path}` shows the answers "
+            f"requests. When it has finished, {fetch} shows the answers "
             "and a projection of the whole input's tokens and cost; then submit the whole "
             "input with the same command without --pilot")
 

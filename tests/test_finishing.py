@@ -210,3 +210,55 @@ def test_family_rule_on_job_files():
     with pytest.raises(Exception) as exc:
         families.check_related([orig, mixed], lambda g: "fetch")
     assert exc.value.code == "unrelated_jobs" and "different endpoints" in exc.value.message
+
+
+def test_fetch_commands_name_the_whole_family_even_when_only_a_retry_job_is_asked_about(
+        sb, tmp_path):
+    (tmp_path / "tickets.csv").write_text(TICKETS)
+    classify = build_and_submit(sb, tmp_path, "classify.jsonl", "--model", "sandbox-chat",
+                                "--template", "Route: {subject} {extra}")
+    embed = build_and_submit(sb, tmp_path, "embed.jsonl", "--model", "sandbox-embed",
+                             "--endpoint", "embeddings", "--prompt-column", "subject")
+    advance_all(sb, classify)
+    advance_all(sb, embed)
+    env = script_env(sb.base_url)
+    code, out = run_json("fetch_results.py", classify.name, env=env, cwd=tmp_path)
+    assert code == 4 and out["retry_file"] == "classify.retry.jsonl", out
+    family = ["classify.job.json", "classify.retry.job.json"]
+
+    # submit.py of the retry file: the fetch it suggests is the family's
+    code, sub = follow(sb, tmp_path, out["next"])
+    assert code == 0, sub
+    assert shlex.split(sub["fetch_command"])[2:] == [*family, "--json"]
+    assert shlex.split(sub["next"])[2:] == ["classify.retry.job.json", "--json"]
+    retry_job = tmp_path / "classify.retry.job.json"
+    advance_all(sb, retry_job)
+
+    # poll.py on the retry job with another job: the chat family whole, origin first
+    code, out = run_json("poll.py", retry_job.name, embed.name, env=env, cwd=tmp_path)
+    assert code == 0, out
+    assert [shlex.split(c)[2:] for c in out["next"].split(" && ")] == [
+        [*family, "--json"], [embed.name, "--json"]]
+    # and alone
+    code, out = run_json("poll.py", retry_job.name, env=env, cwd=tmp_path)
+    assert shlex.split(out["next"])[2:] == [*family, "--json"]
+
+    # fetch_results.py of the retry job alone: a partial result, said so, and `next` is the
+    # family fetch (not a submit of a retry file made from half the family)
+    proc = run_script("fetch_results.py", retry_job.name, "--json", env=env, cwd=tmp_path)
+    out = json.loads(proc.stdout)
+    assert shlex.split(out["next"])[2:] == [*family, "--json"], out
+    assert out["after_retry"] is None and out["table_file"] is None
+    assert "part of a family" in proc.stderr and "classify.job.json" in proc.stderr
+
+    # the family fetch: everything ok, the table beside the origin job
+    code, out = follow(sb, tmp_path, out["next"])
+    assert code == 0 and out["table_file"] == "classify.table.csv", out
+    assert records(tmp_path / "classify.results.jsonl")["T-2"]["attempts"] == 2
+
+    # the origin job file gone: said so, and the command falls back to what was given
+    classify.rename(tmp_path / "elsewhere.json")
+    proc = run_script("poll.py", retry_job.name, "--json", env=env, cwd=tmp_path)
+    out = json.loads(proc.stdout)
+    assert shlex.split(out["next"])[2:] == ["classify.retry.job.json", "--json"]
+    assert "came from classify.job.json, which is gone" in proc.stderr

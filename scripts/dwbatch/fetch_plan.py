@@ -2,7 +2,7 @@
 
 The paths (results, retry file, raw folders, the user's table), which raw folder belongs to
 which job, the sources the join reads (one per batch), the batch statuses recorded last time
-(for --offline), and retry jobs that exist beside the first job but were not given.
+(for --offline), and whether the jobs given are their whole family.
 """
 
 from __future__ import annotations
@@ -10,7 +10,18 @@ from __future__ import annotations
 import argparse
 import os
 
-from . import cli, download, errors, jobfile, polling, reconcile, results_io, status, table
+from . import (
+    cli,
+    download,
+    errors,
+    families,
+    jobfile,
+    polling,
+    reconcile,
+    results_io,
+    status,
+    table,
+)
 
 
 class Plan:
@@ -77,7 +88,7 @@ class Plan:
             return given
         n = 1
         while True:
-            path = os.path.join(self.base_dir, retry_name(self.stem, n))
+            path = os.path.join(self.base_dir, families.retry_name(self.stem, n))
             if os.path.abspath(path) not in self.taken and \
                     not os.path.exists(jobfile.default_job_path(path)):
                 return path
@@ -102,11 +113,6 @@ def table_answer(plan: Plan, targets: list[polling.Target]) -> dict:
     return table.answer_of(endpoint, None)
 
 
-def retry_name(stem: str, n: int) -> str:
-    """The n-th retry file of a job: PROMPTS.retry.jsonl, PROMPTS.retry2.jsonl, ..."""
-    return f"{stem}.retry.jsonl" if n == 1 else f"{stem}.retry{n}.jsonl"
-
-
 def inputs_of(targets: list[polling.Target]) -> set[str]:
     taken = set()
     for target in targets:
@@ -116,22 +122,17 @@ def inputs_of(targets: list[polling.Target]) -> set[str]:
     return taken
 
 
-def sibling_retry_jobs(targets: list[polling.Target]) -> list[str]:
-    """Retry jobs of the first job that exist beside it but were not given."""
-    first = targets[0]
-    if not first.job_path:
-        return []
-    given = {os.path.abspath(t.job_path) for t in targets if t.job_path}
-    base = os.path.dirname(os.path.abspath(first.job_path))
-    stem = jobfile.job_stem(first.job_path)
-    found = []
-    for n in range(1, 20):
-        path = jobfile.default_job_path(os.path.join(base, retry_name(stem, n)))
-        if not os.path.exists(path):
-            break
-        if path not in given:
-            found.append(cli.display_path(path))
-    return found
+def partial_family(targets: list[polling.Target]) -> tuple[list[str] | None, list[str]]:
+    """(the family's job files, notes) when the job files given are not their whole family
+    as found on disk, origin first (e.g. a retry job alone, or an original whose retry jobs
+    were left out); (None, notes) when they are, or for bare batch ids."""
+    if not targets or not all(t.job_path for t in targets):
+        return None, []
+    family = families.on_disk(targets)
+    given = [os.path.abspath(t.job_path) for t in targets]
+    if given == family.paths:
+        return None, family.notes
+    return [cli.display_path(p) for p in family.paths], family.notes
 
 
 def _recorded_batch(target: polling.Target, entry: polling.Entry, plan: Plan) -> dict:

@@ -476,10 +476,16 @@ def check_again_in(tracker: Tracker, views: dict[str, dict]) -> int | None:
 
 
 def fetch_commands(targets: list[Target]) -> str:
-    """One fetch command per family (an original job and its retry jobs), joined with &&:
-    results of unrelated jobs must never be merged (dwbatch.families)."""
-    return " && ".join(cli.script_command("fetch_results.py", *(t.arg for t in group), "--json")
-                       for group in families.groups(targets))
+    """One fetch command per family (an original job and its retry jobs, the whole family as
+    found on disk), joined with &&: results of unrelated jobs must never be merged
+    (dwbatch.families)."""
+    commands = []
+    for group in families.groups(targets):
+        names, notes = families.fetch_args(group)
+        for note in notes:
+            cli.warn("note: " + note)
+        commands.append(cli.script_command("fetch_results.py", *names, "--json"))
+    return " && ".join(commands)
 
 
 def advice(code: int, raw_targets: list[str], tracker: Tracker,
