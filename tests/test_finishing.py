@@ -262,3 +262,57 @@ def test_fetch_commands_name_the_whole_family_even_when_only_a_retry_job_is_aske
     out = json.loads(proc.stdout)
     assert shlex.split(out["next"])[2:] == ["classify.retry.job.json", "--json"]
     assert "came from classify.job.json, which is gone" in proc.stderr
+
+
+def test_a_failed_last_retry_batch_leads_to_the_family_fetch_first(sb, tmp_path):
+    """The retry job's only request fails again, so the server marks its batch `failed`:
+    poll.py exits 5 and leads to the family's fetch (which decides what is worth retrying),
+    never to an in-place retry of a request that keeps failing."""
+    src = write_lines(tmp_path / "q.jsonl", [chat_line("fine", "all good here"),
+                                             chat_line("busy", "[[fail:503]] still busy")])
+    env = script_env(sb.base_url)
+    code, out = run_json("submit.py", src.name, env=env, cwd=tmp_path)
+    advance_all(sb, tmp_path / out["job"])
+    code, out = run_json("fetch_results.py", "q.job.json", env=env, cwd=tmp_path)
+    assert code == 4 and out["retry_file"] == "q.retry.jsonl", out
+    assert follow(sb, tmp_path, out["next"])[0] == 0
+    advance_all(sb, tmp_path / "q.retry.job.json")
+
+    code, out = run_json("poll.py", "q.retry.job.json", env=env, cwd=tmp_path)
+    assert code == 5 and out["batches"][0]["status"] == "failed", out
+    assert shlex.split(out["next"])[2:] == ["q.job.json", "q.retry.job.json", "--json"]
+    assert "fetch first" in out["hint"] and "decides what is worth retrying" in out["hint"]
+    assert "batches.py" not in out["hint"], "no in-place retry of a batch that failed"
+    code, out = follow(sb, tmp_path, out["next"])
+    assert code == 4 and out["jobs"] == ["q.job.json", "q.retry.job.json"], out
+    assert records(tmp_path / "q.results.jsonl")["busy"]["attempts"] == 2
+
+
+def test_every_command_poll_suggests_runs_as_printed(sb, tmp_path):
+    """The in-place retry poll.py offers names the real job file, and runs as printed."""
+    src = write_lines(tmp_path / "r.jsonl", [chat_line("ok", "fine words"),
+                                             chat_line("bad", "[[fail:400]] no")])
+    env = script_env(sb.base_url)
+    code, out = run_json("submit.py", src.name, env=env, cwd=tmp_path)
+    advance_all(sb, tmp_path / "r.job.json")
+    code, out = run_json("poll.py", "r.job.json", env=env, cwd=tmp_path)
+    assert code == 4 and out["hint"].startswith("finished, but 1 request(s) failed: fetch"), out
+    offered = out["hint"].split("inside the same batch instead: ", 1)[1]
+    argv = shlex.split(offered)
+    assert argv[1].endswith("batches.py") and argv[2:] == ["retry", "r.job.json", "--json"]
+    code, done = follow(sb, tmp_path, offered)
+    assert code == 0, done
+
+    # a cancelled batch: exit 5, fetch first, the in-place retry offered by its batch id
+    code, sub = run_json("submit.py", write_lines(tmp_path / "c.jsonl", [
+        chat_line("a", "one"), chat_line("b", "two")]).name, env=env, cwd=tmp_path)
+    batch_id = sub["batch_ids"][0]
+    sb.advance(batch_id, 1)
+    sb.post(f"/batches/{batch_id}/cancel")
+    sb.advance(batch_id)
+    code, out = run_json("poll.py", batch_id, env=env, cwd=tmp_path)
+    assert code == 5 and out["hint"].startswith("a batch failed, expired or was cancelled: "
+                                                "fetch first"), out
+    offered = out["hint"].split("inside the same batch: ", 1)[1]
+    assert shlex.split(offered)[2:] == ["retry", batch_id, "--json"]
+    assert follow(sb, tmp_path, offered)[0] == 0

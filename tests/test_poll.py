@@ -271,6 +271,7 @@ def test_finished_states_and_exit_codes(sb, prompts, code, state):
     assert "fetch_results.py" in out["next"] and out["next"].endswith("--json")
     if code == 4:
         assert "batches.py retry" in out["hint"] and "retry file" in out["hint"]
+        assert f"retry {b['id']} --json" in out["hint"]
         assert out["batches"][0]["request_counts"]["failed"] == 1
 
 

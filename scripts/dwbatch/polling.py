@@ -505,11 +505,25 @@ def advice(code: int, raw_targets: list[str], tracker: Tracker,
         return "all batches completed with no failed requests: fetch the results", fetch_cmd
     if code == errors.PARTIAL_FAILURE:
         failed = sum(status.request_counts(b)["failed"] for b in tracker.batches.values())
-        retry_target = raw_targets[0] if len(raw_targets) == 1 else "ID|JOB"
-        retry = cli.script_command("batches.py", "retry", retry_target)
-        return (f"finished, but {failed} request(s) failed: fetch the results; fetch_results.py"
-                " writes a retry file to submit with submit.py, or retry them in place in the"
-                f" same batch with: {retry}", fetch_cmd)
-    return ("a batch failed, expired or was cancelled: fetch what finished and read the error"
-            " file; failed and cancelled requests can be retried in place with batches.py"
-            " retry, or resubmitted from the retry file fetch_results.py writes", fetch_cmd)
+        in_place = in_place_retry(tracker, lambda b: status.request_counts(b)["failed"] > 0)
+        return (f"finished, but {failed} request(s) failed: fetch the results (the next "
+                "command); fetch_results.py decides what is worth sending again and writes it "
+                "to a retry file for submit.py (a request the model server rejected fails the "
+                "same way every time, so it is given up)"
+                + (f". To re-run the failed requests inside the same batch instead: {in_place}"
+                   if in_place else ""), fetch_cmd)
+    in_place = in_place_retry(tracker, lambda b: b.get("status") in ("cancelled", "cancelling"))
+    return ("a batch failed, expired or was cancelled: fetch first (the next command): it "
+            "saves what finished and decides what is worth retrying; it writes a retry file "
+            "for submit.py only when something is, and says so when nothing is left"
+            + (f". Requests of a cancelled batch can also be run again inside the same batch: "
+               f"{in_place}" if in_place else ""), fetch_cmd)
+
+
+def in_place_retry(tracker: Tracker, applies: Callable[[dict], bool]) -> str | None:
+    """The batches.py retry command(s) for the targets with a batch where `applies`, named
+    by their job file or batch id (one command each, joined with &&), or None."""
+    commands = [cli.script_command("batches.py", "retry", target.arg, "--json")
+                for target in tracker.targets
+                if any(applies(tracker.batches.get(e.batch_id) or {}) for e in target.entries)]
+    return " && ".join(commands) or None
