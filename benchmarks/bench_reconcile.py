@@ -277,6 +277,7 @@ def refetch(n: int, report: common.Report, keep: bool) -> None:
         for name in outputs(folder):
             shutil.copy(os.path.join(folder, name), os.path.join(saved, name))
         full = fetch(folder, "--rebuild", *table)
+        compared = outputs(saved)
         differs = same_files(folder, saved)
         problem = check_results(os.path.join(folder, "bench.results.jsonl"), n,
                                 pending=set(order[before + new:]))
@@ -294,7 +295,7 @@ def refetch(n: int, report: common.Report, keep: bool) -> None:
               again.peak_mb, again.wall / full.wall, again.exit_code)
     shown.add("full join of the same files (--rebuild)", before + new, full.wall,
               full.peak_mb, 1.0, full.exit_code)
-    shown.notes.append(f"{', '.join(outputs(saved))} of the re-fetch against the full "
+    shown.notes.append(f"{', '.join(compared)} of the re-fetch against the full "
                        "join's: " + (differs or "byte for byte the same"))
     for name, m in (("first fetch", first), ("re-fetch", again), ("full join", full)):
         if m.exit_code != 3:  # pending requests remain: not finished yet
