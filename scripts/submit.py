@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"split files with more requests (default {limits.MAX_REQUESTS:,})")
     parser.add_argument("--dry-run", action="store_true",
                         help="validate, split, count requests and estimate input tokens; send "
-                             "nothing and write nothing (no network, no key needed)")
+                             "nothing and write nothing (no network, no key needed); job_id "
+                             "is null until the job exists (a new job gets its id when it is "
+                             "really submitted)")
     parser.add_argument("--max-cost", metavar="USD", default=None,
                         help="after uploading, ask the server's cost estimate and create no "
                              "batch if the total passes this many US dollars (exit 2; the "

@@ -656,10 +656,14 @@ def test_thousands_of_shards_need_neither_many_descriptors_nor_memory_per_shard(
 
 def test_dry_run_of_a_submitted_job_shows_what_is_recorded(sandbox, tmp_path):
     src = write_batch(tmp_path / "p.jsonl", 3)
-    assert submit(sandbox, str(src))[0] == 0
+    code, before = submit(sandbox, str(src), "--dry-run")
+    assert code == 0 and before["job_id"] is None, "no job exists yet, so no job id is shown"
+    code, real = submit(sandbox, str(src))
+    assert code == 0 and real["job_id"]
     sandbox.control("DELETE", "/calls")
     code, out = submit(sandbox, str(src), "--dry-run")
     assert code == 0 and out["would_upload"] == 0 and out["would_create"] == 0
+    assert out["job_id"] == real["job_id"], "the dry run of an existing job shows its id"
     assert sandbox.calls() == []
 
 

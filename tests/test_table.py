@@ -289,3 +289,36 @@ def test_a_job_records_a_source_only_when_every_input_comes_from_the_same_build(
     (tmp_path / "a.jsonl").write_text("changed\n")
     changed = (a[0], provenance.sha256_of(a[0]))
     assert provenance.for_job([changed], job) == {}, "a record never vouches for other bytes"
+
+
+def test_a_pilot_gets_the_table_of_its_first_rows_cell_by_cell(sb, tmp_path):
+    write_csv(tmp_path / "tickets.csv", TICKETS)
+    code, out = run(sb, tmp_path, "create_batch_file.py", "tickets.csv", "-o", "triage.jsonl",
+                    "--model", "sandbox-chat", "--template", "Triage: {subject} / {body}")
+    assert code == 0, out
+    code, out = run(sb, tmp_path, "submit.py", "triage.jsonl", "--pilot", "3")
+    assert code == 0 and out["job"].endswith("triage.pilot.job.json"), out
+    pilot_job = tmp_path / "triage.pilot.job.json"
+    assert json.loads(pilot_job.read_text())["source"]["input"] == "tickets.csv"
+    advance(sb, pilot_job)
+    code, out = run(sb, tmp_path, "fetch_results.py", pilot_job.name)
+    assert code == 0 and out["table_file"] == "triage.pilot.table.csv", out
+    assert out["table_rows"] == 3 and out["table_error"] is None
+
+    rows = read_csv(tmp_path / "triage.pilot.table.csv")
+    recs = results(tmp_path / "triage.pilot.results.jsonl")
+    assert list(rows[0]) == ["ticket_id", "subject", "body", "status", "answer", "error"]
+    assert len(rows) == len(recs) == 3
+    for row, ticket, rec in zip(rows, TICKETS[:3], recs, strict=True):
+        assert {k: row[k] for k in ticket} == ticket, "input cells as they were read"
+        assert row["status"] == rec["status"] == "ok"
+        assert row["answer"] == csv_safe.cell(rec["content"])
+        prompt = f"Triage: {ticket['subject']} / {ticket['body']}"
+        assert row["answer"] == "ECHO " + " ".join(prompt.split()), "this row's own answer"
+        assert row["error"] == ""
+
+    # the whole input afterwards: its own table, every row
+    code, out = run(sb, tmp_path, "submit.py", "triage.jsonl")
+    advance(sb, tmp_path / out["job"])
+    code, out = run(sb, tmp_path, "fetch_results.py", "triage.job.json")
+    assert out["table_file"] == "triage.table.csv" and out["table_rows"] == 5, out

@@ -4,14 +4,16 @@ Why: the service's cost estimate guesses the output tokens, and nobody should pa
 million answers before reading twenty. The pilot file `<stem>.pilot.jsonl` (the first N
 request lines in input order) is submitted as the job `<stem>.pilot.job.json`; the job records
 how many requests the whole input has, so fetching it can project the real usage and cost
-of the whole input from what the pilot measured.
+of the whole input from what the pilot measured. When create_batch_file.py built the input,
+the pilot file gets a source record of its own (the same input, its first N rows), so its
+fetch writes the user's table for those rows too.
 """
 
 from __future__ import annotations
 
 import hashlib
 
-from . import errors, jobfile
+from . import errors, jobfile, provenance
 from .fsutil import atomic_open
 
 PILOT_SUFFIX = ".pilot.jsonl"
@@ -85,3 +87,14 @@ def pilot_record(job_path: str, paths: list[str], full_requests: int, pilot_requ
     """What the pilot job remembers about the whole input (for the projection)."""
     return {"inputs": [jobfile.rel_path(job_path, p) for p in paths],
             "full_requests": full_requests, "pilot_requests": pilot_requests}
+
+
+def record_source(inputs: list[tuple[str, str]], pilot_file: str, count: int) -> None:
+    """Beside the pilot file: the whole input's recorded source (dwbatch.provenance) limited
+    to its first `count` rows, the pilot's; no record when the whole input has none."""
+    found = provenance.for_job(inputs, pilot_file).get("source")
+    if found is None:
+        provenance.remove(pilot_file)
+        return
+    provenance.write(pilot_file, "build", [(pilot_file, provenance.sha256_of(pilot_file))],
+                     table=dict(found, rows=count))

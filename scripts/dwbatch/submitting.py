@@ -847,6 +847,8 @@ def _make_pilot(paths: list[str], opts: SubmitOptions, target: str, dry_dir: str
     may_replace = opts.force or existing is None or not _anything_on_server(existing)
     where = os.path.join(dry_dir, os.path.basename(target)) if dry_dir else target
     count = pilot.write_pilot(paths, opts.pilot, where, may_replace=may_replace)
+    if dry_dir is None:
+        pilot.record_source([(f.path, f.sha256) for f in full.files], where, count)
     return [os.path.abspath(where)], {"paths": paths, "full_requests": full_requests,
                                       "pilot_requests": count}
 
@@ -937,8 +939,12 @@ def _dry_run(report, opts: SubmitOptions, job_path: str, base_url: str) -> Outco
     outcome.plan = plan
     records = shard_records(plan, job_path)
     inputs = inputs_record(report, job_path)
-    outcome.job = reconcile_job(existing, job_path, base_url, opts, inputs, records,
-                                common_endpoint(plan), outcome, commit=False)
+    job = reconcile_job(existing, job_path, base_url, opts, inputs, records,
+                        common_endpoint(plan), outcome, commit=False)
+    if job is not existing:
+        # a new job's id is made when it is really submitted: one shown now would not be it
+        job["job_id"] = None
+    outcome.job = job
     return outcome
 
 

@@ -211,7 +211,8 @@ class TableWriter:
         words), "error" (why it was abandoned)}."""
         if self._kept is not None:
             return self._kept
-        if self.failed is None and self._items is not None:
+        if self.failed is None and self._items is not None and self.source.get("rows") is None:
+            # (a source limited to its first `rows` rows, a pilot's, may have more)
             extra = next(self._items, None)
             if extra is not None:
                 self._fail(f"{self.source['input']} line {extra.line}: the input has more "
