@@ -255,6 +255,10 @@ def test_fetch_commands_name_the_whole_family_even_when_only_a_retry_job_is_aske
     code, out = follow(sb, tmp_path, out["next"])
     assert code == 0 and out["table_file"] == "classify.table.csv", out
     assert records(tmp_path / "classify.results.jsonl")["T-2"]["attempts"] == 2
+    # the jobs' lock files are hidden: the folder shows the user's files
+    locks = sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".lock"))
+    assert ".classify.job.json.lock" in locks and ".classify.retry.job.json.lock" in locks
+    assert all(name.startswith(".") for name in locks), locks
 
     # the origin job file gone: said so, and the command falls back to what was given
     classify.rename(tmp_path / "elsewhere.json")

@@ -719,7 +719,8 @@ def test_job_lock_excludes_another_process_and_nests_in_one(tmp_path):
     with jobfile.job_lock(path, wait=2):  # free again once the holder is gone
         with jobfile.job_lock(path, wait=0.2):  # nested in the same process: no deadlock
             pass
-        fd = os.open(path + ".lock", os.O_RDWR)
+        assert jobfile.lock_path(path) == os.path.realpath(tmp_path / ".x.job.json.lock")
+        fd = os.open(jobfile.lock_path(path), os.O_RDWR)
         try:
             with pytest.raises(BlockingIOError):  # still held by the outer lock
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -220,36 +220,45 @@ def save_job(path: str, job: dict) -> None:
 _HELD: dict[str, int] = {}  # lock files this process holds -> nesting depth
 
 
+def lock_path(job_path: str) -> str:
+    """The job's lock file: hidden beside it (`prompts.job.json` -> `.prompts.job.json.lock`),
+    so a folder of results shows the user's files, not the scripts' bookkeeping. From the
+    real path, so two names of one job file share one lock."""
+    directory, name = os.path.split(os.path.realpath(job_path))
+    return os.path.join(directory, "." + name + LOCK_SUFFIX)
+
+
 @contextlib.contextmanager
 def job_lock(path: str, wait: float = DEFAULT_LOCK_WAIT) -> Iterator[None]:
-    """Hold an exclusive lock on `<job file>.lock` so two commands on one job cannot interleave.
+    """Hold an exclusive lock on `.<job file>.lock` so two commands on one job cannot
+    interleave.
 
     Waits up to `wait` seconds, then raises DWError (exit 7: safe to re-run later).
     Re-entrant within one process (a nested job_lock on the same job just goes through).
     """
-    lock_path = os.path.realpath(path) + LOCK_SUFFIX
-    if _HELD.get(lock_path):
-        _HELD[lock_path] += 1
+    lock = lock_path(path)
+    if _HELD.get(lock):
+        _HELD[lock] += 1
         try:
             yield
         finally:
-            _HELD[lock_path] -= 1
+            _HELD[lock] -= 1
         return
-    os.makedirs(os.path.dirname(lock_path), exist_ok=True)
+    os.makedirs(os.path.dirname(lock), exist_ok=True)
 
     def busy() -> errors.DWError:
         return errors.DWError(
             f"another command is working on the job file {path} "
-            f"(it holds the lock {path}{LOCK_SUFFIX})", code="job_busy",
+            f"(it holds the lock {lock})", code="job_busy",
             exit_code=errors.UNAVAILABLE,
             hint="wait for that command to finish, then re-run this one")
 
-    with exclusive_lock(lock_path, wait, busy):
-        _HELD[lock_path] = 1
+    with exclusive_lock(lock, wait, busy):
+        _HELD[lock] = 1
         try:
             yield
         finally:
-            _HELD.pop(lock_path, None)
+            _HELD.pop(lock, None)
 
 
 def shard_by_index(job: dict, index: int) -> dict:
