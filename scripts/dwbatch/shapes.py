@@ -88,13 +88,18 @@ def _optional_id(obj: dict, key: str, where: str) -> None:
     _need(value is None or is_id(value), where, f"'{key}': {id_problem(value)}", obj)
 
 
-def batch(obj: object, where: str, expected_id: str | None = None) -> dict:
-    """A Batch object, checked; `expected_id`: the id that was asked for."""
-    _need(isinstance(obj, dict), where, "a batch must be a JSON object", obj)
+def _object_with_id(obj: object, kind: str, where: str, expected_id: str | None) -> None:
+    """An object with a well-formed id (the one asked for, when one was)."""
+    _need(isinstance(obj, dict), where, f"a {kind} must be a JSON object", obj)
     _need(is_id(obj.get("id")), where, f"'id': {id_problem(obj.get('id'))}", obj)
     if expected_id is not None:
         _need(obj["id"] == expected_id, where,
-              f"it describes batch {quote(obj['id'], 60)}, not {expected_id}", obj)
+              f"it describes {kind} {quote(obj['id'], 60)}, not {expected_id}", obj)
+
+
+def batch(obj: object, where: str, expected_id: str | None = None) -> dict:
+    """A Batch object, checked; `expected_id`: the id that was asked for."""
+    _object_with_id(obj, "batch", where, expected_id)
     status = obj.get("status")
     _need(status is None or (isinstance(status, str) and
                              STATUS_PATTERN.fullmatch(status) is not None), where,
@@ -124,11 +129,7 @@ def batch(obj: object, where: str, expected_id: str | None = None) -> dict:
 
 def file(obj: object, where: str, expected_id: str | None = None) -> dict:
     """A File object, checked; `expected_id`: the id that was asked for."""
-    _need(isinstance(obj, dict), where, "a file must be a JSON object", obj)
-    _need(is_id(obj.get("id")), where, f"'id': {id_problem(obj.get('id'))}", obj)
-    if expected_id is not None:
-        _need(obj["id"] == expected_id, where,
-              f"it describes file {quote(obj['id'], 60)}, not {expected_id}", obj)
+    _object_with_id(obj, "file", where, expected_id)
     _need(obj.get("bytes") is None or _is_count(obj["bytes"]), where,
           "'bytes' must be a whole number >= 0", obj)
     for key in ("filename", "purpose"):

@@ -565,16 +565,9 @@ def _record_upload(job_path: str, job: dict, shard: dict, stored: dict) -> None:
 
 def _look_for_lost_upload(client: Client, shard: dict, outcome: Outcome,
                           exc: AmbiguousOutcome) -> dict | None:
-    if client.on_retry:
-        client.on_retry(f"{exc.message}; looking for the file by its name "
-                        f"({shard['upload_name']}) before uploading again")
-    for pause in LOOKUP_PAUSES:
-        if pause:
-            client.sleep(pause)
-        stored = find_uploaded(client, shard, outcome)
-        if stored is not None:
-            return stored
-    return None
+    return _look_again(client, f"{exc.message}; looking for the file by its name "
+                               f"({shard['upload_name']}) before uploading again",
+                       lambda: find_uploaded(client, shard, outcome))
 
 
 def _upload_error(exc: APIError, shard: dict, path: str, job: dict, job_path: str,
@@ -788,23 +781,29 @@ def _window_refused(exc: APIError) -> bool:
     return exc.status == 400 and ("completion_window" in words or "completion window" in words)
 
 
-# A create whose answer was lost may still be in progress on a slow server (a read timeout):
-# look again after these pauses before creating a second time.
+# An upload or create whose answer was lost may still be in progress on a slow server (a read
+# timeout): look again after these pauses before sending it a second time.
 LOOKUP_PAUSES = (0.0, 2.0, 5.0)
+
+
+def _look_again(client: Client, note: str, find) -> dict | None:
+    """What `find()` finds within LOOKUP_PAUSES, else None; `note` says why we look."""
+    if client.on_retry:
+        client.on_retry(note)
+    for pause in LOOKUP_PAUSES:
+        if pause:
+            client.sleep(pause)
+        found = find()
+        if found is not None:
+            return found
+    return None
 
 
 def _look_for_lost_batch(client: Client, job: dict, shard: dict, outcome: Outcome,
                          exc: AmbiguousOutcome) -> dict | None:
-    if client.on_retry:
-        client.on_retry(f"{exc.message}; looking for the batch by its metadata "
-                        f"(job_id {job['job_id']}, shard_index {shard['index']})")
-    for pause in LOOKUP_PAUSES:
-        if pause:
-            client.sleep(pause)
-        batch = find_existing_batch(client, job, shard, outcome)
-        if batch is not None:
-            return batch
-    return None
+    return _look_again(client, f"{exc.message}; looking for the batch by its metadata "
+                               f"(job_id {job['job_id']}, shard_index {shard['index']})",
+                       lambda: find_existing_batch(client, job, shard, outcome))
 
 
 # --------------------------------------------------------------------------- the workflow
