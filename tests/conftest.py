@@ -188,10 +188,18 @@ def assert_no_key_in_tree(path: str | os.PathLike) -> None:
             assert TEST_KEY.encode() not in p.read_bytes(), f"API key written into {p}"
 
 
-def chat_line(custom_id: str, prompt: str, model: str = "sandbox-chat") -> dict:
-    """One /v1/chat/completions batch line (markers like [[fail:400]] go in the prompt)."""
+def chat_line(custom_id: str, prompt: str, model: str = "sandbox-chat", **body) -> dict:
+    """One /v1/chat/completions batch line (markers like [[fail:400]] go in the prompt; other
+    body fields, e.g. max_tokens or response_format, as keywords)."""
     return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
-            "body": {"model": model, "messages": [{"role": "user", "content": prompt}]}}
+            "body": {"model": model, "messages": [{"role": "user", "content": prompt}],
+                     **body}}
+
+
+def write_lines(path: Path, lines: list[dict]) -> Path:
+    """A JSONL file of `lines`, one JSON object a line."""
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return path
 
 
 def create_batch_direct(sb: Sandbox, prompts: list[str], metadata: dict | None = None,

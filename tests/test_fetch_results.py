@@ -15,10 +15,12 @@ import pytest
 from conftest import (
     TEST_KEY,
     assert_no_key_in_tree,
+    chat_line,
     run_json,
     run_script,
     sandbox_per_file,
     script_env,
+    write_lines,
 )
 from dwbatch import errors
 from dwbatch.download import count_complete_lines, raw_dir_lock, sync_raw_file
@@ -31,17 +33,6 @@ shared_sandbox, sb = sandbox_per_file("--enable-faults", "--manual", "--seed", "
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-def chat_line(cid: str, prompt: str, **body) -> dict:
-    return {"custom_id": cid, "method": "POST", "url": "/v1/chat/completions",
-            "body": {"model": "sandbox-chat", "messages": [{"role": "user", "content": prompt}],
-                     **body}}
-
-
-def write_lines(path: Path, lines: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    return path
-
 
 def submit(sb, path: Path) -> tuple[Path, str]:
     code, out = run_json("submit.py", path.name, env=script_env(sb.base_url), cwd=path.parent)

@@ -11,21 +11,18 @@ import shlex
 from pathlib import Path
 
 import pytest
-from conftest import PYTHON, run_json, run_script, sandbox_per_file, script_env
+from conftest import (
+    PYTHON,
+    chat_line,
+    run_json,
+    run_script,
+    sandbox_per_file,
+    script_env,
+    write_lines,
+)
 from dwbatch import families, polling
 
 shared_sandbox, sb = sandbox_per_file("--enable-faults", "--manual", "--seed", "5")
-
-
-def chat_line(cid: str, prompt: str, **body) -> dict:
-    return {"custom_id": cid, "method": "POST", "url": "/v1/chat/completions",
-            "body": {"model": "sandbox-chat", "messages": [{"role": "user", "content": prompt}],
-                     **body}}
-
-
-def write_lines(path: Path, lines: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    return path
 
 
 def follow(sb, cwd: Path, command: str) -> tuple[int, dict]:

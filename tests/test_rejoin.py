@@ -12,19 +12,13 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import run_json, run_script, sandbox_per_file, script_env
+from conftest import chat_line, run_json, run_script, sandbox_per_file, script_env, write_lines
 
 shared_sandbox, sb = sandbox_per_file("--enable-faults", "--manual", "--seed", "11")
 
 SCHEMA = {"type": "object", "properties": {"answer": {"type": "string"}},
           "required": ["answer"], "additionalProperties": False}
 FORMAT = {"type": "json_schema", "json_schema": {"name": "a", "schema": SCHEMA}}
-
-
-def chat_line(cid: str, prompt: str, **body) -> dict:
-    return {"custom_id": cid, "method": "POST", "url": "/v1/chat/completions",
-            "body": {"model": "sandbox-chat", "messages": [{"role": "user", "content": prompt}],
-                     **body}}
 
 
 def mixed_requests(n: int) -> list[dict]:
@@ -43,11 +37,6 @@ def mixed_requests(n: int) -> list[dict]:
         else:
             out.append(chat_line(f"r{i}", f"question {i}"))
     return out
-
-
-def write_lines(path: Path, lines: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    return path
 
 
 def submit(sb, path: Path) -> tuple[Path, str]:
