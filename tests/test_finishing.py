@@ -136,14 +136,20 @@ def build_and_submit(sb, cwd: Path, out_name: str, *build_args: str) -> Path:
     return cwd / out["job"]
 
 
-def test_a_chat_job_and_an_embeddings_job_sharing_custom_ids_are_never_merged(sb, tmp_path):
+def chat_and_embedding_jobs(sb, tmp_path: Path, template: str) -> tuple[Path, Path]:
+    """Two finished jobs over the same tickets (so the same custom_ids): chat and embeddings."""
     (tmp_path / "tickets.csv").write_text(TICKETS)
     classify = build_and_submit(sb, tmp_path, "classify.jsonl", "--model", "sandbox-chat",
-                                "--template", "Classify: {subject} {extra}")
+                                "--template", template)
     embed = build_and_submit(sb, tmp_path, "embed.jsonl", "--model", "sandbox-embed",
                              "--endpoint", "embeddings", "--prompt-column", "subject")
     advance_all(sb, classify)
     advance_all(sb, embed)
+    return classify, embed
+
+
+def test_a_chat_job_and_an_embeddings_job_sharing_custom_ids_are_never_merged(sb, tmp_path):
+    classify, embed = chat_and_embedding_jobs(sb, tmp_path, "Classify: {subject} {extra}")
     env = script_env(sb.base_url)
 
     # poll both: `next` fetches each family on its own
@@ -211,13 +217,7 @@ def test_family_rule_on_job_files():
 
 def test_fetch_commands_name_the_whole_family_even_when_only_a_retry_job_is_asked_about(
         sb, tmp_path):
-    (tmp_path / "tickets.csv").write_text(TICKETS)
-    classify = build_and_submit(sb, tmp_path, "classify.jsonl", "--model", "sandbox-chat",
-                                "--template", "Route: {subject} {extra}")
-    embed = build_and_submit(sb, tmp_path, "embed.jsonl", "--model", "sandbox-embed",
-                             "--endpoint", "embeddings", "--prompt-column", "subject")
-    advance_all(sb, classify)
-    advance_all(sb, embed)
+    classify, embed = chat_and_embedding_jobs(sb, tmp_path, "Route: {subject} {extra}")
     env = script_env(sb.base_url)
     code, out = run_json("fetch_results.py", classify.name, env=env, cwd=tmp_path)
     assert code == 4 and out["retry_file"] == "classify.retry.jsonl", out
