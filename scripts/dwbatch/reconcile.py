@@ -507,6 +507,10 @@ _ROWS_UNIQUE = """
 SELECT i.seq, i.cid, i.src, i.off, i.len, i.ep, i.flags, x.fno, x.off, x.len, i.seq
 FROM inp i LEFT JOIN res x ON x.cid = i.cid AND x.src = i.src ORDER BY i.seq
 """
+_ROWS_ONE_EACH = """
+SELECT i.seq, i.cid, i.src, i.off, i.len, i.ep, i.flags, x.fno, x.off, x.len
+FROM inp i LEFT JOIN res x ON x.cid = i.cid AND x.src = i.src ORDER BY i.seq
+"""
 _ROWS_GROUPED = """
 SELECT l.seq, i.cid, i.src, i.off, i.len, i.ep, i.flags, x.fno, x.off, x.len, i.seq
 FROM inp l JOIN inp i ON i.cid = l.cid
@@ -796,6 +800,11 @@ class Index:
             "SELECT 1 FROM res GROUP BY cid, src HAVING COUNT(*) > 1")
         self.db.commit()
 
+    @property
+    def one_row_each(self) -> bool:
+        """Every request one input line with at most one result line (set by finish)."""
+        return not self.repeated_ids and not self.repeated_results
+
     def _any(self, query: str) -> bool:
         return bool(self.db.execute(f"SELECT EXISTS ({query})").fetchone()[0])
 
@@ -920,12 +929,18 @@ class Reader:
     def __init__(self) -> None:
         self.fds: dict[str, int] = {}
 
+    def fd(self, path: str) -> int:
+        """The descriptor of `path` (opened the first time)."""
+        fd = self.fds.get(path)
+        if fd is None:
+            fd = self.fds[path] = os.open(path, os.O_RDONLY)
+        return fd
+
     def read(self, path: str, off: int, length: int) -> bytes:
         try:
             return os.pread(self.fds[path], length, off)
         except KeyError:
-            self.fds[path] = os.open(path, os.O_RDONLY)
-            return os.pread(self.fds[path], length, off)
+            return os.pread(self.fd(path), length, off)
 
     def close(self) -> None:
         for fd in self.fds.values():
@@ -1068,14 +1083,17 @@ def reconcile(sources: list[Source], on_record: Callable[[Chosen], None],
             if progress:
                 progress(f"indexed {source.label or source.input_path}")
         index.finish()
-        best = Judge(sources, index.result_files, reader).best
         count = Counter(summary)
-        for group in index.rows():
-            record, source, in_off, in_len, superseded = best(group)
-            if superseded:
-                summary.superseded += superseded
-            count(record, source)
-            on_record(Chosen(record, source, in_off, in_len, reader, group[0][0]))
+        if index.one_row_each:
+            _join_one_row_each(index, sources, on_record, count, reader)
+        else:
+            best = Judge(sources, index.result_files, reader).best
+            for group in index.rows():
+                record, source, in_off, in_len, superseded = best(group)
+                if superseded:
+                    summary.superseded += superseded
+                count(record, source)
+                on_record(Chosen(record, source, in_off, in_len, reader, group[0][0]))
         summary.duplicate_inputs = index.duplicate_inputs
         summary.unmatched_results = index.unmatched_results
         summary.unreadable_results = index.unreadable_results
@@ -1084,6 +1102,52 @@ def reconcile(sources: list[Source], on_record: Callable[[Chosen], None],
         if own_index:
             index.close()
     return summary
+
+
+def _join_one_row_each(index: Index, sources: list[Source], on_record, count: Counter,
+                       reader: Reader) -> None:
+    """The usual join, Judge.best of groups of one row without the groups: every request is
+    one input line with at most one result line. Its own loop because it runs once per
+    request: what a full join costs is mostly what this loop does. The Chosen it passes is
+    one object, filled anew for each request (on_record uses it during the call only)."""
+    kinds = [kind for _path, kind in index.result_files]
+    fds = [reader.fd(path) if path and os.path.exists(path) else -1
+           for path, _kind in index.result_files]
+    pread, classify = os.pread, _classify_raw
+    chosen = Chosen({}, sources[0], 0, 0, reader)
+    ok = ok_prompt = ok_completion = ok_total = matched = 0
+    for seq, cid, src, in_off, in_len, ep, flags, fno, r_off, r_len in \
+            index.db.execute(_ROWS_ONE_EACH):
+        source = sources[src]
+        if fno is None:
+            record = {"custom_id": cid, **_no_result_record(source)}
+        else:
+            matched += 1
+            body = None
+            if flags & _STRUCTURED:
+                body = loads(reader.read(source.input_path, in_off, in_len)).get("body")
+            record = classify(cid, kinds[fno], pread(fds[fno], r_len, r_off), body,
+                              ENDPOINTS[ep])
+        record["batch_id"] = source.batch_id
+        record["attempts"] = 1
+        status = record["status"]
+        if status == "ok":  # counted here, added to the summary once at the end
+            ok += 1
+            usage = record["usage"]
+            if usage:
+                prompt, completion, total = usage_numbers(usage)
+                ok_prompt += prompt
+                ok_completion += completion
+                ok_total += total
+        else:
+            if status != "pending":
+                record["retriable"] = is_retriable(record)
+            count(record, source)
+        chosen.record, chosen.source, chosen.group = record, source, seq
+        chosen.input_offset, chosen.input_length = in_off, in_len
+        on_record(chosen)
+    index.unmatched_results += index.result_rows - matched
+    count.add_ok(ok, ok_prompt, ok_completion, ok_total)
 
 
 def _attempts(group: list[tuple], sources: list[Source]) -> int:
@@ -1099,6 +1163,14 @@ class Counter:
     def __init__(self, summary: Summary) -> None:
         self.summary = summary
         self.counts, self.usage = summary.counts, summary.usage
+
+    def add_ok(self, records: int, prompt: int, completion: int, total: int) -> None:
+        """`records` ok records with these tokens (counted by the caller)."""
+        self.counts["ok"] += records
+        for totals in (self.usage, self.summary.ok_usage):
+            totals["prompt_tokens"] += prompt
+            totals["completion_tokens"] += completion
+            totals["total_tokens"] += total
 
     def __call__(self, record: dict, source: Source, sign: int = 1) -> None:
         status = record["status"]
