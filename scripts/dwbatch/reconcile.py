@@ -19,9 +19,12 @@ import os
 import re
 import sqlite3
 import tempfile
+from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import accumulate, chain, repeat
+from operator import itemgetter
 
 import jsonschema
 
@@ -398,9 +401,63 @@ def classify(kind: str, line: dict, request_body: dict | None, endpoint: str) ->
     return rec
 
 
+def _usual_chat(custom_id: str | None, line: dict, request_body: dict | None) -> dict | None:
+    """The record of the usual output line of a chat or completions request (a 2xx answer
+    in text, no tool calls, no structured output asked for), or None: the general rules below
+    decide then. The same record they would make, with fewer steps: it runs once per request.
+    """
+    response = line.get("response")
+    if type(response) is not dict or line.get("error") is not None:
+        return None
+    status_code, body = response.get("status_code"), response.get("body")
+    if type(status_code) is not int or status_code >= 400 or type(body) is not dict:
+        return None
+    choices = body.get("choices")
+    if type(choices) is not list or not choices or body.get("object") in _NOT_CHOICES \
+            or body.get("type") == "message":
+        return None
+    first = choices[0]
+    if type(first) is not dict:
+        return None
+    if "message" in first:
+        message = first["message"]
+        if type(message) is not dict or message.get("tool_calls"):
+            return None
+        content = message.get("content")
+    else:
+        content = first.get("text")
+    finish = first.get("finish_reason")
+    if finish is not None and type(finish) is not str:
+        return None
+    if request_body and structured_schema(request_body)[0]:
+        return None
+    usage = body.get("usage")
+    rec = {"custom_id": custom_id, "status": "truncated" if finish in TRUNCATION_REASONS
+           else "ok", "content": content, "finish_reason": finish,
+           "usage": usage if isinstance(usage, dict) else None, "error": None}
+    if type(content) is str and content and (content[0] in _JSON_STARTS or content[0].isspace()):
+        parsed = _maybe_json(content)
+        if parsed is not None:
+            rec["json"] = parsed
+    return rec
+
+
+_NOT_CHOICES = frozenset({"list", "response"})
+
+
 def classify_line(custom_id: str | None, kind: str, line: dict, request_body: dict | None,
                   endpoint: str) -> dict:
     """classify(), with custom_id as the record's first field (the join adds batch_id last)."""
+    if kind == "output" and endpoint in _CHOICES_ENDPOINTS and type(line) is dict:
+        rec = _usual_chat(custom_id, line, request_body)
+        if rec is not None:
+            return rec
+    return _classify_any(custom_id, kind, line, request_body, endpoint)
+
+
+def _classify_any(custom_id: str | None, kind: str, line: dict, request_body: dict | None,
+                  endpoint: str) -> dict:
+    """classify_line() by the general rules, for every kind of line."""
     rec: dict = {"custom_id": custom_id, "status": "error", "content": None,
                  "finish_reason": None, "usage": None, "error": None}
     if type(line) is dict:  # (parsed JSON: a dict is exactly a dict)
@@ -527,7 +584,24 @@ WHERE NOT EXISTS (SELECT 1 FROM inp e WHERE e.cid = l.cid AND e.seq < l.seq)
 ORDER BY l.seq
 """
 
-_BATCH_ROWS = 20000
+_ROWS_PER_INSERT = 100  # rows per INSERT statement: binding is cheaper in one long statement
+_INSERT_INTO = {"inp": "INSERT INTO inp (cid, src, off, len, ep, flags) VALUES ",
+                "res": "INSERT INTO res (cid, src, fno, off, len) VALUES "}
+
+
+def _insert(db: sqlite3.Connection, table: str, width: int, rows) -> int:
+    """Append `rows` (tuples of `width` values, in order) to `table`, many rows to an INSERT;
+    returns how many rows."""
+    flat = list(chain.from_iterable(rows))
+    one = "(" + ",".join("?" * width) + ")"
+    step = _ROWS_PER_INSERT * width
+    full = len(flat) // step * step
+    if full:
+        many = _INSERT_INTO[table] + ",".join([one] * _ROWS_PER_INSERT)
+        db.executemany(many, zip(*[iter(flat[:full])] * step, strict=True))
+    if full < len(flat):
+        db.executemany(_INSERT_INTO[table] + one, zip(*[iter(flat[full:])] * width, strict=True))
+    return len(flat) // width
 
 
 # Fast paths for the common line shapes: a top-level key reached through simple leading
@@ -542,6 +616,35 @@ _STRUCTURED_MARKERS = re.compile(rb'"(?:response_format|text|output_format|outpu
 _USUAL_REQUEST = re.compile(rb'\{"custom_id": ?"([^"\\]*)", ?"method": ?"[A-Z]*", ?'
                             rb'"url": ?"([^"\\]*)"')
 _USUAL_RESULT = re.compile(rb'\{(?:"id": ?"[^"\\]*", ?)?"custom_id": ?"([^"\\]*)"')
+# The same shapes as whole lines of a run of lines: a run whose every line is one of them is
+# indexed without a Python step per line (findall, then C iterators into executemany).
+_USUAL_REQUEST_LINES = re.compile(rb'^(\{"custom_id": ?"([^"\\\n]*)", ?"method": ?"[A-Z]*", ?'
+                                  rb'"url": ?"([^"\\\n]*)"[^\n]*\n)', re.MULTILINE)
+_USUAL_RESULT_LINES = re.compile(rb'^(\{(?:"id": ?"[^"\\\n]*", ?)?"custom_id": ?'
+                                 rb'"([^"\\\n]*)"[^\n]*\n)', re.MULTILINE)
+# Keys that may ask for structured output, as found by a plain search (a superset of
+# _STRUCTURED_MARKERS: "_format" covers response_format and output_format).
+_MARKER_KEYS = (b'_format"', b'"text"', b'"output_config"')
+_first, _second, _third = itemgetter(0), itemgetter(1), itemgetter(2)
+
+
+def _marked_lines(run: bytes, starts: list[int]) -> list[int]:
+    """The numbers (from 0) of the lines of `run` that have one of _MARKER_KEYS; `starts`: the
+    file offset of each line, then of the run's end."""
+    base, marked = starts[0], set()
+    for key in _MARKER_KEYS:
+        at = run.find(key)
+        while at >= 0:
+            marked.add(bisect_right(starts, base + at) - 1)
+            at = run.find(key, at + 1)
+    return sorted(marked)
+
+
+def _whole_lines(found: list[tuple], run: bytes) -> list[int] | None:
+    """The line lengths of `found` (findall of a *_LINES pattern) when its lines are every
+    line of `run`, else None."""
+    lengths = list(map(len, map(_first, found)))
+    return lengths if sum(lengths) == len(run) else None
 
 
 def _key_patterns(key: str) -> tuple[bytes, bytes]:
@@ -604,13 +707,41 @@ def _fast_custom_id(line: bytes) -> str | None:
         return None
 
 
-def _iter_lines(path: str) -> Iterator[tuple[int, int, bytes]]:
-    """(line number, byte offset, line) of every line of a file, streamed."""
-    offset = 0
-    with open(path, "rb") as f:
-        for lineno, line in enumerate(f, 1):
-            yield lineno, offset, line
-            offset += len(line)
+_BLOCK = 1 << 20  # bytes read at a time while indexing
+
+
+def _line_runs(f, offset: int) -> Iterator[tuple[int, bytes, bool]]:
+    """(file offset, bytes, whole) of the file from `offset` on, in runs of whole lines of
+    about _BLOCK bytes (a longer line is one run of its own); the last run, when the file does
+    not end with a newline, is what follows the last one (whole: False)."""
+    f.seek(offset)
+    pieces: list[bytes] = []
+    while True:
+        data = f.read(_BLOCK)
+        if not data:
+            break
+        cut = data.rfind(b"\n") + 1
+        if cut == 0:  # (inside a line longer than a block)
+            pieces.append(data)
+            continue
+        if pieces:
+            pieces.append(data[:cut])
+            run = b"".join(pieces)
+        else:
+            run = data if cut == len(data) else data[:cut]
+        pieces = [data[cut:]] if cut < len(data) else []
+        yield offset, run, True
+        offset += len(run)
+    if pieces:
+        yield offset, b"".join(pieces), False
+
+
+def _lines_of(run: bytes, start: int, end: int) -> Iterator[tuple[int, bytes]]:
+    """(position, line with its newline) of the lines of run[start:end]."""
+    while start < end:
+        stop = run.find(b"\n", start, end) + 1 or end
+        yield start, run[start:stop]
+        start = stop
 
 
 def _fast_request_fields(line: bytes) -> tuple[str | None, int, int]:
@@ -706,33 +837,43 @@ class Index:
     def add_inputs(self, src: int, source: Source) -> int:
         """Index every request line of one source; returns the number of requests."""
         digest = hashlib.sha256()
-        rows, count = [], 0
+        count = lineno = 0
         path = source.input_path
         if not os.path.exists(path):
             raise InputError(
                 f"input file {path} of {source.label or 'the job'} does not exist",
                 hint="the job file's shard paths are relative to the job file: keep the "
                      "input files beside it (or fetch by bare batch id)")
-        insert = "INSERT INTO inp (cid, src, off, len, ep, flags) VALUES (?,?,?,?,?,?)"
-        off = 0
+        codes = _URL_CODES
         with open(path, "rb") as f:
-            for lineno, line in enumerate(f, 1):
-                digest.update(line)
-                size = len(line)
-                if line.isspace():  # (no copy of the line, unlike strip())
-                    off += size
-                    continue
-                cid, ep, flags = _fast_request_fields(line)
-                if cid is None:
-                    cid, ep, flags = _parsed_request_fields(path, lineno, line)
-                rows.append((cid, src, off, size, ep, flags))
-                off += size
-                if len(rows) >= _BATCH_ROWS:
-                    count += len(rows)
-                    self.db.executemany(insert, rows)
-                    rows.clear()
-        count += len(rows)
-        self.db.executemany(insert, rows)
+            for base, run, whole in _line_runs(f, 0):
+                digest.update(run)
+                found = _USUAL_REQUEST_LINES.findall(run) if whole else []
+                lengths = _whole_lines(found, run) if found else None
+                if lengths is not None and codes.keys() >= set(map(_third, found)):
+                    try:  # every line usual: no step per line in Python
+                        ids = list(map(bytes.decode, map(_second, found)))
+                    except UnicodeDecodeError:
+                        ids = None
+                    if ids is not None:
+                        starts = list(accumulate(lengths, initial=base))
+                        rows = list(zip(ids, repeat(src), starts, lengths,
+                                        map(codes.__getitem__, map(_third, found)),
+                                        repeat(0)))
+                        for i in _marked_lines(run, starts):  # may ask for structured output
+                            line = found[i][0]
+                            cid, ep, flags = _fast_request_fields(line)
+                            if cid is None:
+                                cid, ep, flags = _parsed_request_fields(path, lineno + i + 1,
+                                                                        line)
+                            rows[i] = (cid, src, starts[i], lengths[i], ep, flags)
+                        count += _insert(self.db, "inp", 6, rows)
+                        lineno += len(rows)
+                        continue
+                rows: list[tuple] = []
+                lineno = self._odd_inputs(path, src, base, run, 0, len(run), lineno,
+                                          rows.append)
+                count += _insert(self.db, "inp", 6, rows)
         if source.expected_sha256 and digest.hexdigest() != source.expected_sha256:
             raise InputError(
                 f"input file {path} changed since it was submitted (sha256 differs from the "
@@ -740,6 +881,21 @@ class Index:
                 hint="results are joined to the submitted lines: restore the original file "
                      "(or fetch by bare batch id, which downloads the batch's own input)")
         return count
+
+    @staticmethod
+    def _odd_inputs(path: str, src: int, base: int, run: bytes, start: int, end: int,
+                    lineno: int, append) -> int:
+        """Index the lines of run[start:end] one by one (blank, unusual or structured ones);
+        returns the number of the last line."""
+        for at, line in _lines_of(run, start, end):
+            lineno += 1
+            if line.isspace():  # (no copy of the line, unlike strip())
+                continue
+            cid, ep, flags = _fast_request_fields(line)
+            if cid is None:
+                cid, ep, flags = _parsed_request_fields(path, lineno, line)
+            append((cid, src, base + at, len(line), ep, flags))
+        return lineno
 
     # -- results --------------------------------------------------------------------------
     def add_results(self, src: int, path: str | None, kind: str) -> int:
@@ -758,37 +914,41 @@ class Index:
         """Index the complete lines of result file `fno` beyond read_upto[fno]."""
         path = self.result_files[fno][0]
         off, lineno = self.read_upto[fno]
-        rows, count = [], 0
-        insert = "INSERT INTO res VALUES (?,?,?,?,?)"
+        count = 0
         with open(path, "rb") as f:
-            f.seek(off)
-            for line in f:
-                size = len(line)
-                if not line.endswith(b"\n"):
+            for base, run, whole in _line_runs(f, off):
+                if not whole:
                     break  # never a torn line: the downloader only appends complete ones
-                lineno += 1
-                if line.isspace():
-                    off += size
+                lineno += run.count(b"\n")
+                off = base + len(run)
+                found = _USUAL_RESULT_LINES.findall(run)
+                lengths = _whole_lines(found, run) if found else None
+                if lengths is not None:
+                    try:  # every line usual: no step per line in Python
+                        ids = list(map(bytes.decode, map(_second, found)))
+                    except UnicodeDecodeError:
+                        lengths = None
+                if lengths is not None:
+                    count += _insert(self.db, "res", 5, zip(
+                        ids, repeat(src), repeat(fno), accumulate(lengths, initial=base),
+                        lengths))
                     continue
-                cid = _fast_custom_id(line)
-                if cid is None:
-                    try:
-                        obj = loads(line)
-                        cid = obj.get("custom_id") if isinstance(obj, dict) else None
-                    except (ValueError, RecursionError):
-                        cid = None
-                    if not isinstance(cid, str):  # no request can be named: unreadable
-                        self.unreadable_results += 1
-                        off += size
+                rows: list[tuple] = []
+                for at, line in _lines_of(run, 0, len(run)):
+                    if line.isspace():
                         continue
-                rows.append((cid, src, fno, off, size))
-                off += size
-                if len(rows) >= _BATCH_ROWS:
-                    count += len(rows)
-                    self.db.executemany(insert, rows)
-                    rows.clear()
-        count += len(rows)
-        self.db.executemany(insert, rows)
+                    cid = _fast_custom_id(line)
+                    if cid is None:
+                        try:
+                            obj = loads(line)
+                            cid = obj.get("custom_id") if isinstance(obj, dict) else None
+                        except (ValueError, RecursionError):
+                            cid = None
+                        if not isinstance(cid, str):  # no request can be named: unreadable
+                            self.unreadable_results += 1
+                            continue
+                    rows.append((cid, src, fno, base + at, len(line)))
+                count += _insert(self.db, "res", 5, rows)
         self.result_rows += count
         self.read_upto[fno] = (off, lineno)
         return count
@@ -996,7 +1156,13 @@ def _classify_raw(custom_id: str, kind: str, raw: bytes, request_body, endpoint:
     would break the results file (nesting too deep to write back), is one bad record, never
     the end of the whole job."""
     try:
-        line = strict_loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
+        try:  # (strict_loads, without the call)
+            line, end = _strict_scan(text, 0)
+            if text[end:] not in _LINE_ENDS:
+                line = _STRICT.decode(text)
+        except StopIteration:
+            line = _STRICT.decode(text)
         if not isinstance(line, dict):
             raise ValueError(f"it is {_kind_of(line)}, not a JSON object")
         rec = classify_line(custom_id, kind, line, request_body, endpoint)
