@@ -40,7 +40,7 @@ def make_temp_beside(path: str, suffix: str = ".tmp") -> tuple[int, str]:
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8",
-                newline: str | None = None) -> Iterator[IO]:
+                newline: str | None = None, buffering: int = -1) -> Iterator[IO]:
     """Open a temporary file beside `path`; on success fsync and rename it over `path`.
 
     On any exception (or Ctrl-C) the temporary file is removed and `path` is untouched.
@@ -49,9 +49,9 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
     fd, tmp = make_temp_beside(path)
     try:
         if "b" in mode:
-            f = os.fdopen(fd, mode)
+            f = os.fdopen(fd, mode, buffering)
         else:
-            f = os.fdopen(fd, mode, encoding=encoding, newline=newline)
+            f = os.fdopen(fd, mode, buffering, encoding=encoding, newline=newline)
         with f:
             yield f
             f.flush()

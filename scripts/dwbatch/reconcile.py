@@ -12,6 +12,7 @@ their record is written. Nothing holds every result in a dict.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import json
 import json.scanner
@@ -25,8 +26,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import accumulate, chain, repeat
 from operator import itemgetter
-
-import jsonschema
 
 from .errors import InputError
 from .retry_policy import NOT_RETRIED, is_retriable
@@ -324,6 +323,8 @@ class _ValidatorCache:
         key = _schema_key(schema)
         validator = self.items.get(key)
         if validator is None:
+            import jsonschema  # (here: most joins check no schema, and it takes a while to load)
+
             cls = jsonschema.validators.validator_for(schema)
             try:
                 cls.check_schema(schema)
@@ -364,7 +365,9 @@ def check_structured(content, schema: dict | None) -> tuple[str, object, dict | 
     if isinstance(validator, Exception):
         return "schema_invalid", value, {
             "message": f"the request's own JSON Schema is invalid: {validator.message}"}
-    error = jsonschema.exceptions.best_match(validator.iter_errors(value))
+    from jsonschema.exceptions import best_match
+
+    error = best_match(validator.iter_errors(value))
     if error is None:
         return "ok", value, None
     path = "$" + "".join(f"[{p!r}]" if isinstance(p, str) else f"[{p}]"
@@ -565,7 +568,7 @@ SELECT i.seq, i.cid, i.src, i.off, i.len, i.ep, i.flags, x.fno, x.off, x.len, i.
 FROM inp i LEFT JOIN res x ON x.cid = i.cid AND x.src = i.src ORDER BY i.seq
 """
 _ROWS_ONE_EACH = """
-SELECT i.seq, i.cid, i.src, i.off, i.len, i.ep, i.flags, x.fno, x.off, x.len
+SELECT i.seq, i.cid, i.src, i.ep, i.flags, x.fno, x.off, x.len
 FROM inp i LEFT JOIN res x ON x.cid = i.cid AND x.src = i.src ORDER BY i.seq
 """
 _ROWS_GROUPED = """
@@ -622,21 +625,21 @@ _USUAL_REQUEST_LINES = re.compile(rb'^(\{"custom_id": ?"([^"\\\n]*)", ?"method":
                                   rb'"url": ?"([^"\\\n]*)"[^\n]*\n)', re.MULTILINE)
 _USUAL_RESULT_LINES = re.compile(rb'^(\{(?:"id": ?"[^"\\\n]*", ?)?"custom_id": ?'
                                  rb'"([^"\\\n]*)"[^\n]*\n)', re.MULTILINE)
-# Keys that may ask for structured output, as found by a plain search (a superset of
-# _STRUCTURED_MARKERS: "_format" covers response_format and output_format).
-_MARKER_KEYS = (b'_format"', b'"text"', b'"output_config"')
+# What every request line that may ask for structured output has (a plain search, a superset
+# of _STRUCTURED_MARKERS): the key response_format or output_format, or format inside text or
+# output_config (structured_schema reads no other).
+_MARKER = b'format"'
 _first, _second, _third = itemgetter(0), itemgetter(1), itemgetter(2)
 
 
 def _marked_lines(run: bytes, starts: list[int]) -> list[int]:
-    """The numbers (from 0) of the lines of `run` that have one of _MARKER_KEYS; `starts`: the
+    """The numbers (from 0) of the lines of `run` that have _MARKER; `starts`: the
     file offset of each line, then of the run's end."""
     base, marked = starts[0], set()
-    for key in _MARKER_KEYS:
-        at = run.find(key)
-        while at >= 0:
-            marked.add(bisect_right(starts, base + at) - 1)
-            at = run.find(key, at + 1)
+    at = run.find(_MARKER)
+    while at >= 0:
+        marked.add(bisect_right(starts, base + at) - 1)
+        at = run.find(_MARKER, at + 1)
     return sorted(marked)
 
 
@@ -830,6 +833,10 @@ class Index:
             raise KeyError(custom_id)
         return row[0]
 
+    def input_place(self, seq: int) -> tuple[int, int]:
+        """(offset, length) of input line `seq` in its file."""
+        return self.db.execute("SELECT off, len FROM inp WHERE seq = ?", (seq,)).fetchone()
+
     def last_result_row(self) -> int:
         return self.db.execute("SELECT COALESCE(MAX(rowid), 0) FROM res").fetchone()[0]
 
@@ -919,7 +926,6 @@ class Index:
             for base, run, whole in _line_runs(f, off):
                 if not whole:
                     break  # never a torn line: the downloader only appends complete ones
-                lineno += run.count(b"\n")
                 off = base + len(run)
                 found = _USUAL_RESULT_LINES.findall(run)
                 lengths = _whole_lines(found, run) if found else None
@@ -932,7 +938,9 @@ class Index:
                     count += _insert(self.db, "res", 5, zip(
                         ids, repeat(src), repeat(fno), accumulate(lengths, initial=base),
                         lengths))
+                    lineno += len(ids)
                     continue
+                lineno += run.count(b"\n")
                 rows: list[tuple] = []
                 for at, line in _lines_of(run, 0, len(run)):
                     if line.isspace():
@@ -1115,19 +1123,24 @@ class Reader:
 
 @dataclass(slots=True)
 class Chosen:
-    """The winning record of one custom_id, and where its request line lives."""
+    """The winning record of one custom_id, and where its request line lives (input_offset
+    and input_length, or None: `lookup(group)` tells them)."""
 
     record: dict
     source: Source
-    input_offset: int
-    input_length: int
+    input_offset: int | None
+    input_length: int | None
     reader: Reader
     group: int = 0  # the index's number of the request (its first input line)
+    lookup: Callable[[int], tuple[int, int]] | None = None
 
     def request_line(self) -> bytes:
         """The original request line, byte for byte, without its line ending."""
-        return self.reader.read(self.source.input_path, self.input_offset,
-                                self.input_length).rstrip(b"\r\n")
+        if self.input_offset is None:
+            offset, length = self.lookup(self.group)
+        else:
+            offset, length = self.input_offset, self.input_length
+        return self.reader.read(self.source.input_path, offset, length).rstrip(b"\r\n")
 
 
 def _no_result_record(source: Source) -> dict:
@@ -1241,6 +1254,8 @@ def reconcile(sources: list[Source], on_record: Callable[[Chosen], None],
     own_index = index is None
     index = Index(tmp_dir) if own_index else index
     reader = Reader()
+    gc_was_on = gc.isenabled()
+    gc.disable()  # (a join makes millions of short-lived acyclic objects: nothing to collect)
     try:
         for src, source in enumerate(sources):
             index.add_inputs(src, source)
@@ -1264,6 +1279,8 @@ def reconcile(sources: list[Source], on_record: Callable[[Chosen], None],
         summary.unmatched_results = index.unmatched_results
         summary.unreadable_results = index.unreadable_results
     finally:
+        if gc_was_on:
+            gc.enable()
         reader.close()
         if own_index:
             index.close()
@@ -1275,25 +1292,26 @@ def _join_one_row_each(index: Index, sources: list[Source], on_record, count: Co
     """The usual join, Judge.best of groups of one row without the groups: every request is
     one input line with at most one result line. Its own loop because it runs once per
     request: what a full join costs is mostly what this loop does. The Chosen it passes is
-    one object, filled anew for each request (on_record uses it during the call only)."""
+    one object, filled anew for each request (on_record uses it during the call only); where
+    the request line is, is looked up only when it is read."""
     kinds = [kind for _path, kind in index.result_files]
     fds = [reader.fd(path) if path and os.path.exists(path) else -1
            for path, _kind in index.result_files]
-    pread, classify = os.pread, _classify_raw
-    chosen = Chosen({}, sources[0], 0, 0, reader)
+    endpoints = [ENDPOINTS[code] for code in range(len(ENDPOINTS))]
+    pread, classify, place = os.pread, _classify_raw, index.input_place
+    chosen = Chosen({}, sources[0], None, None, reader, lookup=place)
     ok = ok_prompt = ok_completion = ok_total = matched = 0
-    for seq, cid, src, in_off, in_len, ep, flags, fno, r_off, r_len in \
-            index.db.execute(_ROWS_ONE_EACH):
+    for seq, cid, src, ep, flags, fno, r_off, r_len in index.db.execute(_ROWS_ONE_EACH):
         source = sources[src]
         if fno is None:
             record = {"custom_id": cid, **_no_result_record(source)}
         else:
             matched += 1
             body = None
-            if flags & _STRUCTURED:
-                body = loads(reader.read(source.input_path, in_off, in_len)).get("body")
+            if flags:  # (_STRUCTURED: the request's body tells what the answer must be)
+                body = loads(reader.read(source.input_path, *place(seq))).get("body")
             record = classify(cid, kinds[fno], pread(fds[fno], r_len, r_off), body,
-                              ENDPOINTS[ep])
+                              endpoints[ep])
         record["batch_id"] = source.batch_id
         record["attempts"] = 1
         status = record["status"]
@@ -1310,7 +1328,6 @@ def _join_one_row_each(index: Index, sources: list[Source], on_record, count: Co
                 record["retriable"] = is_retriable(record)
             count(record, source)
         chosen.record, chosen.source, chosen.group = record, source, seq
-        chosen.input_offset, chosen.input_length = in_off, in_len
         on_record(chosen)
     index.unmatched_results += index.result_rows - matched
     count.add_ok(ok, ok_prompt, ok_completion, ok_total)

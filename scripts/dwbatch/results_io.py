@@ -10,8 +10,10 @@ from collections.abc import Iterator
 from .csv_safe import cell
 from .fsutil import atomic_open
 from .reconcile import usage_numbers
+from .retry_policy import NOT_RETRIED
 
 FORMATS = ("jsonl", "csv")
+WRITE_BUFFER = 1 << 20  # bytes written at a time (a record is a few hundred)
 
 # The CSV's columns: the contract's record flattened; nested values as JSON text.
 CSV_COLUMNS = ("custom_id", "status", "content", "finish_reason", "prompt_tokens",
@@ -142,7 +144,7 @@ def results_writer(path: str, fmt: str = "jsonl") -> Iterator[_JsonlWriter | _Cs
     """A writer with .write(record); the file appears at `path` only when complete."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
-    with atomic_open(path, "wb") as f:
+    with atomic_open(path, "wb", buffering=WRITE_BUFFER) as f:
         yield _JsonlWriter(f) if fmt == "jsonl" else _CsvWriter(f)
 
 
@@ -171,13 +173,16 @@ def reconcile_to_files(sources, results_path: str, fmt: str, retry_writer=None,
             if sizes is not None:
                 sizes.head = out.head
 
+            write = out.write
+
             def on_record(chosen):
-                written = out.write(chosen.record)
+                record = chosen.record
+                written = write(record)
                 retried = tabled = 0
-                if retry_writer is not None:
-                    retried = retry_writer.consider(chosen.record, chosen.request_line)
+                if retry_writer is not None and record["status"] not in NOT_RETRIED:
+                    retried = retry_writer.consider(record, chosen.request_line)
                 if table_writer is not None:
-                    tabled = table_writer.add(chosen.record)
+                    tabled = table_writer.add(record)
                 if sizes is not None:
                     sizes.add(chosen.group, written, retried, tabled)
 
