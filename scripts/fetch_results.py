@@ -79,7 +79,7 @@ results file, .NAME.stamp.json, records what they were built from). A re-run tha
 new result lines joins just those: the requests they name are decided again and every other
 record and table row is copied: the results, retry file and table come out byte for byte as
 a full join writes them (while requests are pending the join keeps its index beside the
-results file: .NAME.join.sqlite, .NAME.join.sizes).
+results file: .NAME.join.sqlite, .NAME.join.sqlite-results, .NAME.join.sizes).
 
 The summary gives the token usage and the actual cost (cost_usd: the batches' own
 GET /batches/{id}/analytics total_cost, summed; null when the server does not report it, or

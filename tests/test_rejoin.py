@@ -117,7 +117,8 @@ def test_refetches_of_a_running_job_update_only_what_is_new(sb, tmp_path, fmt):
     code, out = fetch(sb, tmp_path, *args)
     assert code == 3 and out["join"] == "full" and out["counts"]["pending"] == 26, out
     assert cache_files(tmp_path, fmt) == [f".p.results.{fmt}.join.sizes",
-                                          f".p.results.{fmt}.join.sqlite"]
+                                          f".p.results.{fmt}.join.sqlite",
+                                          f".p.results.{fmt}.join.sqlite-results"]
     assert_same_as_full_join(sb, tmp_path, out, [job.name], fmt)
 
     for step in (9, 1):  # new lines arrive: only they are joined
@@ -199,11 +200,13 @@ def test_a_raw_copy_rewritten_rather_than_grown_is_joined_in_full(sb, tmp_path):
     assert_same_as_full_join(sb, tmp_path, out, [job.name], "jsonl")
     # a kept cache file that is not what the stamp recorded: joined in full as well
     raw.write_bytes(raw.read_bytes() + answer_line("r1", "later").encode() + b"\n")
-    index = tmp_path / ".p.results.jsonl.join.sqlite"
-    index.write_bytes(index.read_bytes())
-    code, out = fetch(sb, tmp_path, job.name, "--offline")
-    assert code == 3 and out["join"] == "full", out
-    assert_same_as_full_join(sb, tmp_path, out, [job.name], "jsonl")
+    for name in (".p.results.jsonl.join.sqlite", ".p.results.jsonl.join.sqlite-results"):
+        raw.write_bytes(raw.read_bytes() + answer_line("r2", f"after {name}").encode() + b"\n")
+        index = tmp_path / name
+        index.write_bytes(index.read_bytes())
+        code, out = fetch(sb, tmp_path, job.name, "--offline")
+        assert code == 3 and out["join"] == "full", (name, out)
+        assert_same_as_full_join(sb, tmp_path, out, [job.name], "jsonl")
 
 
 def table_rows(n: int) -> list[dict]:

@@ -3,8 +3,9 @@
 Why: a running job is fetched again and again, and each fetch brings a few new lines; a full
 join of a million requests costs tens of seconds every time. While some request is still
 pending, the full join keeps what it built beside the results file: its index of every input
-and result line (`.NAME.join.sqlite`) and the bytes each request took in the results and retry
-files (`.NAME.join.sizes`); the stamp records how far each raw file was read. A later join of
+and result line (`.NAME.join.sqlite`, `.NAME.join.sqlite-results`) and the bytes each request
+took in the results and retry files (`.NAME.join.sizes`); the stamp records how far each raw
+file was read. A later join of
 the same sources (same inputs, options, statuses and code: only the raw copies grew) then
 indexes the new lines only, decides again just the requests they name, with the very code of a
 full join over the request's candidates as they are now and as they were, and writes new
@@ -27,10 +28,11 @@ from collections.abc import Iterator
 
 from . import reconcile as rc
 from .fsutil import atomic_open
+from .join_index import Index, results_file
 from .results_io import reconcile_to_files, results_writer
 from .retry_policy import SHOWN_IDS, give_up_reason
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 # Re-deciding a request costs about what a full join spends on it, plus the copy of the rest:
 # beyond this share of new lines a full join is as quick.
 MAX_NEW_SHARE = 0.25
@@ -140,7 +142,7 @@ def full_join(sources: list[rc.Source], results_path: str, fmt: str, retry_write
         return reconcile_to_files(sources, results_path, fmt, retry_writer,
                                   progress=progress, table_writer=table_writer), None
     index_path, sizes_path = cache_paths(results_path)
-    index = rc.Index(tmp_dir=os.path.dirname(index_path),
+    index = Index(tmp_dir=os.path.dirname(index_path),
                      prefix=os.path.basename(index_path) + ".")
     sizes = RowSizes(sizes_path)
     try:
@@ -161,7 +163,7 @@ def full_join(sources: list[rc.Source], results_path: str, fmt: str, retry_write
         index.close()
 
 
-def _state(index: rc.Index, head: int, table_head: int, index_path: str, sizes_path: str
+def _state(index: Index, head: int, table_head: int, index_path: str, sizes_path: str
            ) -> dict:
     files = []
     for (path, kind), (upto, lines) in zip(index.result_files, index.read_upto, strict=True):
@@ -169,7 +171,12 @@ def _state(index: rc.Index, head: int, table_head: int, index_path: str, sizes_p
         files.append({"path": path, "kind": kind, "bytes": upto, "lines": lines,
                       "inode": st[2] if st else None, "tail": _tail_digest(path, upto)})
     return {"version": STATE_VERSION, "head": head, "table_head": table_head, "files": files,
-            "index": _file_id(index_path), "sizes": _file_id(sizes_path)}
+            "index": _index_id(index_path), "sizes": _file_id(sizes_path)}
+
+
+def _index_id(index_path: str) -> list:
+    """What identifies the kept index: both its files, as they are now."""
+    return [_file_id(index_path), _file_id(results_file(index_path))]
 
 
 # --------------------------------------------------------------------------- the update
@@ -222,17 +229,17 @@ def update(sources: list[rc.Source], results_path: str, fmt: str, retry_writer,
         index.close()
 
 
-def _reopen(state: dict, index_path: str, sizes_path: str) -> rc.Index:
+def _reopen(state: dict, index_path: str, sizes_path: str) -> Index:
     if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
         raise Stale("no state")
-    if _file_id(index_path) != state.get("index") or _file_id(sizes_path) != state.get("sizes"):
+    if _index_id(index_path) != state.get("index") or _file_id(sizes_path) != state.get("sizes"):
         raise Stale("the kept index or sizes file changed")
     files = state["files"]
-    return rc.Index.reopen(index_path, [(f["path"], f["kind"]) for f in files],
+    return Index.reopen(index_path, [(f["path"], f["kind"]) for f in files],
                            [(f["bytes"], f["lines"]) for f in files])
 
 
-def _read_new_lines(index: rc.Index, state: dict) -> bool:
+def _read_new_lines(index: Index, state: dict) -> bool:
     """Index the lines each raw copy gained; False when none gained any. Stale when a copy was
     rewritten, not grown (another inode, shorter, or other bytes before the read position)."""
     grown = False
@@ -253,7 +260,7 @@ def _read_new_lines(index: rc.Index, state: dict) -> bool:
     return grown
 
 
-def _merge(index: rc.Index, after: int, sources: list[rc.Source], results_path: str,
+def _merge(index: Index, after: int, sources: list[rc.Source], results_path: str,
            fmt: str, retry_writer, table_writer, state: dict, summary: rc.Summary,
            retry_counts: dict, sizes_path: str) -> int:
     """Write the new results, retry and sizes files: old bytes copied, touched requests
@@ -331,7 +338,7 @@ class _GaveUp:
     per reason, how many and the first ten custom_ids in results order (their places are
     looked up in the index); reasons in the order they first occur."""
 
-    def __init__(self, policy, index: rc.Index) -> None:
+    def __init__(self, policy, index: Index) -> None:
         self.policy, self.index = policy, index
         self.entries = {reason: {"count": entry["count"],
                                  "ids": sorted((index.place_of(cid), cid)

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 from .errors import InputError
 from .fsutil import atomic_open
-from .reconcile import endpoint_of, usage_numbers
+from .reconcile import usage_numbers
+from .request_lines import endpoint_of
 from .retry_policy import NOT_RETRIED, RetryPolicy
 
 RETRYABLE = ("error", "truncated", "invalid_json", "schema_invalid", "missing")
