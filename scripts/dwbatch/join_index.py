@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
-import json.scanner
 import os
 import re
 import sqlite3
@@ -25,12 +23,12 @@ from typing import TYPE_CHECKING
 
 from . import forked
 from .errors import InputError
+from .jsontext import loads
 from .request_lines import ENDPOINT_CODES, STRUCTURED, URL_CODES, endpoint_of, structured_schema
 
 if TYPE_CHECKING:
     from .reconcile import Source
 
-LINE_ENDS = ("", "\n", "\r\n")
 _PRAGMAS = ("journal_mode=OFF", "synchronous=OFF", "temp_store=FILE", "locking_mode=EXCLUSIVE")
 # KiB of page cache of each half of the index (the sort that builds its index uses as much):
 # two processes build the two halves at once, and together they stay under 100 MB.
@@ -100,7 +98,6 @@ def _insert(db: sqlite3.Connection, table: str, width: int, rows) -> int:
 # pairs only ("id":"…", "custom_id":"…", "method":"…", …) is provably the top-level value, so
 # it can be read with a few byte searches instead of parsing the whole line. Anything else
 # (nested braces or brackets, escapes, odd spacing before the key) falls back to json.loads.
-_decode = json.JSONDecoder().decode
 # Any of these keys may ask for structured output: such a request line is parsed in full.
 _STRUCTURED_MARKERS = re.compile(rb'"(?:response_format|text|output_format|output_config)"')
 # The shapes the scripts and the service write, matched by one anchored pattern each (the
@@ -145,23 +142,6 @@ def _key_patterns(key: str) -> tuple[bytes, bytes]:
 
 _CID_KEYS = _key_patterns("custom_id")
 _URL_KEYS = _key_patterns("url")
-
-
-_scan = json.scanner.make_scanner(json.JSONDecoder())
-
-
-def loads(line: bytes):
-    """json.loads for a UTF-8 line, without the encoding sniffing: the C scanner straight
-    away; anything it does not take as is (leading blanks, odd trailing bytes, an error)
-    goes through json's own decode, which accepts or refuses it as json.loads would."""
-    text = line.decode("utf-8")
-    try:
-        value, end = _scan(text, 0)
-    except StopIteration:
-        return _decode(text)
-    if text[end:] not in LINE_ENDS:
-        return _decode(text)
-    return value
 
 
 def _simple_string(line: bytes, patterns: tuple[bytes, bytes]) -> bytes | None:

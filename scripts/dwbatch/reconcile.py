@@ -5,8 +5,8 @@ can appear twice, and an original job plus its retry jobs each hold part of the 
 module turns all of that into exactly one record per custom_id, in the order of the inputs.
 
 Memory stays flat for millions of requests: the inputs and the raw result files are indexed
-by byte offset in a temporary sqlite3 file, and the lines are re-read from disk (pread) when
-their record is written. Nothing holds every result in a dict.
+by byte offset in temporary sqlite3 files (join_index.py), and the lines are re-read from disk
+(pread) when their record is written. Nothing holds every result in a dict.
 """
 
 from __future__ import annotations
@@ -14,15 +14,15 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
-import json.scanner
 import os
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .join_index import LINE_ENDS, Index, loads
+from .join_index import Index
+from .jsontext import LINE_ENDS, loads, strict_decode, strict_loads, strict_scan
 from .request_lines import ENDPOINTS, STRUCTURED, structured_schema
 from .retry_policy import NOT_RETRIED, is_retriable
+from .structured import check_structured, strip_fence
 
 STATUSES = ("ok", "error", "truncated", "invalid_json", "schema_invalid", "pending", "missing")
 
@@ -167,28 +167,6 @@ def _choices_content(body: dict) -> dict:
     return out
 
 
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not a JSON number")
-
-
-# What the server sends is parsed strictly: NaN/Infinity are not JSON, and a line that has them
-# is a bad line, not a results file that is not JSON later. (Python 3.11+ also refuses
-# integers of more than 4,300 digits, with ValueError: a bad line too.)
-_STRICT = json.JSONDecoder(parse_constant=_reject_constant)
-_strict_scan = json.scanner.make_scanner(_STRICT)
-
-
-def strict_loads(text: str):
-    """_STRICT.decode(text), the C scanner straight away: anything it does not take as is
-    (leading blanks, odd trailing characters, an error) goes through decode, which accepts or
-    refuses it as it always would."""
-    try:
-        value, end = _strict_scan(text, 0)
-    except StopIteration:
-        return _STRICT.decode(text)
-    if text[end:] not in LINE_ENDS:
-        return _STRICT.decode(text)
-    return value
 BAD_LINE_ERRORS = (ValueError, TypeError, AttributeError, KeyError, IndexError, RecursionError)
 
 
@@ -265,72 +243,6 @@ def error_details(error) -> dict:
     return out
 
 
-class _ValidatorCache:
-    """A few compiled validators, keyed by schema text (a batch usually shares one schema)."""
-
-    def __init__(self, size: int = 32) -> None:
-        self.size = size
-        self.items: OrderedDict[str, object] = OrderedDict()
-
-    def get(self, schema: dict):
-        key = _schema_key(schema)
-        validator = self.items.get(key)
-        if validator is None:
-            import jsonschema  # (here: most joins check no schema, and it takes a while to load)
-
-            cls = jsonschema.validators.validator_for(schema)
-            try:
-                cls.check_schema(schema)
-                validator = cls(schema)
-            except jsonschema.SchemaError as exc:
-                validator = exc
-            self.items[key] = validator
-            if len(self.items) > self.size:
-                self.items.popitem(last=False)
-        else:
-            self.items.move_to_end(key)
-        return validator
-
-
-_VALIDATORS = _ValidatorCache()
-_schema_key = json.JSONEncoder(sort_keys=True).encode  # one encoder, not one per answer
-
-
-def _strip_fence(text: str) -> str:
-    s = text.strip()
-    if s.startswith("```") and s.endswith("```") and s.count("\n") >= 1:
-        s = s[s.index("\n") + 1:-3].strip()
-    return s
-
-
-def check_structured(content, schema: dict | None) -> tuple[str, object, dict | None]:
-    """(status, parsed JSON, error) of a structured-output answer against its schema."""
-    if not isinstance(content, str):
-        return "invalid_json", None, {"message": "the answer has no text to parse as JSON"}
-    try:
-        value = strict_loads(_strip_fence(content))
-    except (ValueError, RecursionError) as exc:
-        return "invalid_json", None, {"message": f"the answer is not valid JSON: "
-                                                 f"{str(exc) or type(exc).__name__}"}
-    if schema is None:
-        return "ok", value, None
-    validator = _VALIDATORS.get(schema)
-    if isinstance(validator, Exception):
-        return "schema_invalid", value, {
-            "message": f"the request's own JSON Schema is invalid: {validator.message}"}
-    from jsonschema.exceptions import best_match
-
-    error = best_match(validator.iter_errors(value))
-    if error is None:
-        return "ok", value, None
-    path = "$" + "".join(f"[{p!r}]" if isinstance(p, str) else f"[{p}]"
-                         for p in error.absolute_path)
-    return "schema_invalid", value, {
-        "message": f"the answer does not match the request's JSON Schema at {path}: "
-                   f"{error.message}",
-        "path": list(error.absolute_path), "validator": error.validator}
-
-
 _JSON_STARTS = frozenset("{[`")
 
 
@@ -341,7 +253,7 @@ def _maybe_json(content):
     first = content[:1]
     if first not in _JSON_STARTS and not first.isspace():
         return None  # (most answers: plain text, decided without stripping a copy)
-    s = _strip_fence(content)
+    s = strip_fence(content)
     if s[:1] not in ("{", "["):
         return None
     try:
@@ -574,11 +486,11 @@ def _classify_raw(custom_id: str, kind: str, raw: bytes, request_body, endpoint:
     try:
         text = raw.decode("utf-8")
         try:  # (strict_loads, without the call)
-            line, end = _strict_scan(text, 0)
+            line, end = strict_scan(text, 0)
             if text[end:] not in LINE_ENDS:
-                line = _STRICT.decode(text)
+                line = strict_decode(text)
         except StopIteration:
-            line = _STRICT.decode(text)
+            line = strict_decode(text)
         if not isinstance(line, dict):
             raise ValueError(f"it is {_kind_of(line)}, not a JSON object")
         rec = classify_line(custom_id, kind, line, request_body, endpoint)
