@@ -29,7 +29,7 @@ from .request_lines import ENDPOINT_CODES, STRUCTURED, URL_CODES, endpoint_of, s
 if TYPE_CHECKING:
     from .reconcile import Source
 
-_PRAGMAS = ("journal_mode=OFF", "synchronous=OFF", "temp_store=FILE", "locking_mode=EXCLUSIVE")
+_PRAGMAS = ("journal_mode=OFF", "synchronous=OFF", "temp_store=FILE")
 # KiB of page cache of each half of the index (the sort that builds its index uses as much):
 # two processes build the two halves at once, and together they stay under 100 MB.
 CACHE_KIB = 8192
@@ -56,7 +56,8 @@ FROM inp i LEFT JOIN res x ON x.cid = i.cid AND x.src = i.src ORDER BY i.seq
 """
 _ROWS_ONE_EACH = """
 SELECT i.seq, i.cid, i.src, i.ep, i.flags, x.fno, x.off, x.len
-FROM inp i LEFT JOIN res x ON x.cid = i.cid AND x.src = i.src ORDER BY i.seq
+FROM inp i LEFT JOIN res x ON x.cid = i.cid AND x.src = i.src WHERE i.seq BETWEEN ? AND ?
+ORDER BY i.seq
 """
 _ROWS_GROUPED = """
 SELECT l.seq, i.cid, i.src, i.off, i.len, i.ep, i.flags, x.fno, x.off, x.len, i.seq
@@ -252,9 +253,9 @@ def results_file(path: str) -> str:
     return path + "-results"
 
 
-def _connect(path: str, cache_kib: int) -> sqlite3.Connection:
+def _connect(path: str, cache_kib: int, locking: str = "EXCLUSIVE") -> sqlite3.Connection:
     db = sqlite3.connect(path)
-    for pragma in (*_PRAGMAS, f"cache_size=-{cache_kib}"):
+    for pragma in (*_PRAGMAS, f"cache_size=-{cache_kib}", f"locking_mode={locking}"):
         db.execute(f"PRAGMA {pragma}")
     return db
 
@@ -380,9 +381,9 @@ class Index(_ResultLines):
         index.read_upto = [(int(b), int(n)) for b, n in read_upto]
         return index
 
-    def _attach(self) -> None:
+    def _attach(self, locking: str = "EXCLUSIVE") -> None:
         self.db.execute("ATTACH DATABASE ? AS r", (results_file(self.path),))
-        for pragma in (*_PRAGMAS, f"cache_size=-{CACHE_KIB}"):
+        for pragma in (*_PRAGMAS, f"cache_size=-{CACHE_KIB}", f"locking_mode={locking}"):
             self.db.execute(f"PRAGMA r.{pragma}")
 
     def build(self, sources: list, progress: Callable[[str], None] | None = None) -> None:
@@ -514,10 +515,27 @@ class Index(_ResultLines):
         """Every request one input line with at most one result line (set by build)."""
         return not self.repeated_ids and not self.repeated_results
 
-    def one_row_each_rows(self) -> sqlite3.Cursor:
-        """(seq, custom_id, src, ep, flags, fno|None, off, len) of every request, in order,
-        when one_row_each: what the join's own loop reads."""
-        return self.db.execute(_ROWS_ONE_EACH)
+    def one_row_each_rows(self, first: int = 1, last: int | None = None) -> sqlite3.Cursor:
+        """(seq, custom_id, src, ep, flags, fno|None, off, len) of the requests numbered
+        first..last (default: to the end), in order, when one_row_each: what the join's own
+        loop reads."""
+        return self.db.execute(_ROWS_ONE_EACH, (first, last if last is not None else 1 << 62))
+
+    def requests(self) -> int:
+        """How many request lines (numbered from 1)."""
+        return self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM inp").fetchone()[0]
+
+    def share_reads(self) -> None:
+        """Let go of the exclusive locks, so that another process can read both halves."""
+        self.db.commit()
+        for schema in ("main", "r"):
+            self.db.execute(f"PRAGMA {schema}.locking_mode=NORMAL")
+        self.db.execute("SELECT 1 FROM inp, res LIMIT 1").fetchall()  # (that lets them go)
+
+    def reconnect(self) -> None:
+        """A connection of this process's own (in a forked child: never the parent's)."""
+        self.db = _connect(self.path, CACHE_KIB, locking="NORMAL")
+        self._attach(locking="NORMAL")
 
     def rows(self) -> Iterator[list[tuple] | tuple[tuple]]:
         """Per request, in order: its candidate rows
