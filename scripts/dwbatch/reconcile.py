@@ -662,7 +662,7 @@ def _join_one_row_each(index: Index, sources: list[Source], on_record, count: Co
 # the rest into a spool (their results lines, and per request its number, source, status and
 # ok tokens); this one then passes the spooled records on, parsing only those it must (not ok,
 # or wanted as a dict: a table, CSV). About this share of the requests is joined here.
-PARENT_SHARE = 0.45
+PARENT_SHARE = 0.5
 FORK_FROM_REQUESTS = 50_000
 _SPOOL_FIELDS = 7  # seq, src, status, prompt, completion, total tokens, bytes of the line
 _STATUS_CODE = {status: code for code, status in enumerate(STATUSES)}
