@@ -14,28 +14,11 @@ import json.scanner
 
 LINE_ENDS = ("", "\n", "\r\n")
 
-_decode = json.JSONDecoder().decode
-_scan = json.scanner.make_scanner(json.JSONDecoder())
-
-
-def loads(line: bytes):
-    """json.loads for a UTF-8 line, without the encoding sniffing: the C scanner straight
-    away; anything it does not take as is (leading blanks, odd trailing bytes, an error)
-    goes through json's own decode, which accepts or refuses it as json.loads would."""
-    text = line.decode("utf-8")
-    try:
-        value, end = _scan(text, 0)
-    except StopIteration:
-        return _decode(text)
-    if text[end:] not in LINE_ENDS:
-        return _decode(text)
-    return value
-
-
 def _reject_constant(name: str):
     raise ValueError(f"{name} is not a JSON number")
 
 
+_LENIENT = json.JSONDecoder()
 # What the server sends is parsed strictly: NaN/Infinity are not JSON, and a line that has them
 # is a bad line, not a results file that is not JSON later. (Python 3.11+ also refuses
 # integers of more than 4,300 digits, with ValueError: a bad line too.)
@@ -44,17 +27,29 @@ strict_decode = _STRICT.decode  # (the whole rule, for what the scanner does not
 strict_scan = json.scanner.make_scanner(_STRICT)  # (value, end) of text from an index
 
 
-def strict_loads(text: str):
-    """strict_decode(text), the C scanner straight away: anything it does not take as is
-    (leading blanks, odd trailing characters, an error) goes through decode, which accepts or
-    refuses it as it always would."""
-    try:
-        value, end = strict_scan(text, 0)
-    except StopIteration:
-        return strict_decode(text)
-    if text[end:] not in LINE_ENDS:
-        return strict_decode(text)
-    return value
+def _parser(scan, decode):
+    """decode(text), the C scanner straight away: anything it does not take as is (leading
+    blanks, odd trailing characters, an error) goes through decode, which accepts or refuses
+    it as it always would."""
+    def parse(text: str):
+        try:
+            value, end = scan(text, 0)
+        except StopIteration:
+            return decode(text)
+        if text[end:] not in LINE_ENDS:
+            return decode(text)
+        return value
+
+    return parse
+
+
+_lenient_loads = _parser(json.scanner.make_scanner(_LENIENT), _LENIENT.decode)
+strict_loads = _parser(strict_scan, strict_decode)
+
+
+def loads(line: bytes):
+    """json.loads of a UTF-8 line (what json.loads accepts, without its encoding sniffing)."""
+    return _lenient_loads(line.decode("utf-8"))
 
 
 # The keys of the usual record (an ok or cut answer in text, with the usual usage), in order.
