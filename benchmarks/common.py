@@ -253,7 +253,7 @@ def need_curl() -> None:
 @dataclass
 class Measurement:
     wall: float  # seconds
-    peak_mb: float  # peak resident set of the process, MB (2**20 bytes)
+    rss_mb: float  # peak resident set of the process, MB (2**20 bytes): the kernel's ru_maxrss
     exit_code: int
     stdout: str
     # the command and every process it started, together: the highest sum of their
@@ -262,9 +262,9 @@ class Measurement:
     tree_mb: float | None = None
 
     @property
-    def memory_mb(self) -> float:
+    def peak_mb(self) -> float:
         """The memory figure to judge: the larger of the two."""
-        return max(self.peak_mb, self.tree_mb or 0.0)
+        return max(self.rss_mb, self.tree_mb or 0.0)
 
     def json(self) -> dict:
         try:
@@ -321,10 +321,11 @@ def _peak_kb(report_file: str) -> float:
 
 
 def measure(cmd: list[str], env: dict | None = None, cwd: str | None = None,
-            stderr_to: str | None = None, tree: bool = False) -> Measurement:
+            stderr_to: str | None = None, tree: bool = True) -> Measurement:
     """Run one child to its end: wall seconds, its own peak RSS, exit status, stdout; with
-    tree, also the sampled memory of it and the processes it starts (Measurement.tree_mb).
-    stderr is dropped unless stderr_to names a file for it."""
+    tree (the default), also the sampled memory of it and the processes it starts
+    (Measurement.tree_mb; peak_mb is the larger of the two). stderr is dropped unless
+    stderr_to names a file for it."""
     with tempfile.TemporaryFile() as out, tempfile.NamedTemporaryFile(suffix=".rss") as rss:
         err = open(stderr_to, "wb") if stderr_to else subprocess.DEVNULL
         try:
@@ -399,7 +400,7 @@ def combined(runs: list[Measurement]) -> Measurement:
     median = walls[mid] if len(walls) % 2 else (walls[mid - 1] + walls[mid]) / 2
     failed = [m.exit_code for m in runs if m.exit_code != 0]
     trees = [m.tree_mb for m in runs if m.tree_mb is not None]
-    return Measurement(median, max(m.peak_mb for m in runs), failed[0] if failed else 0,
+    return Measurement(median, max(m.rss_mb for m in runs), failed[0] if failed else 0,
                        runs[-1].stdout, max(trees) if trees else None)
 
 

@@ -127,8 +127,10 @@ def machine() -> list[tuple[str, str]]:
             ("openai SDK", openai_version),
             ("Doubleword dw CLI", dw),
             ("commit", commit or "?"),
-            ("peak memory measured by", common.GNU_TIME and f"GNU {common.GNU_TIME} -f %M "
-             "(the kernel's ru_maxrss of each command)" or "a python3 -S fork launcher")]
+            ("peak memory measured by", (common.GNU_TIME and f"GNU {common.GNU_TIME} -f %M "
+             "(the kernel's ru_maxrss of each command)" or "a python3 -S fork launcher")
+             + "; and the sum of Pss of a command and the processes it starts, sampled every "
+               "10 ms: the larger of the two is reported")]
 
 
 def run_one(name: str, quick: bool, keep: bool, reports: str) -> dict:
