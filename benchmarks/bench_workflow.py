@@ -246,6 +246,7 @@ def main() -> int:
         sdk_out = sdk.json()
         retry_path = os.path.join(ours_dir, "batch.retry.jsonl")
         retry_lines = common.count_lines(retry_path) if os.path.exists(retry_path) else 0
+        gave_up = outputs["fetch_results.py"].get("gave_up")
         shards = len(outputs["submit.py"].get("batch_ids") or [])
         side = {} if args.no_side_runs else {"resume": resume_run(folder)}
         if not args.no_side_runs and n > HOSTED_REQUEST_CAP:
@@ -275,7 +276,10 @@ def main() -> int:
     cmp.add(f"truncated answers flagged ({expected['truncated']:,} expected)",
             f"{ours_check['truncated']:,} (status truncated)",
             f"0: {sdk_check['truncated_unflagged']:,} cut answers stored as if complete")
-    cmp.add("retry file of the requests to send again", f"{retry_lines:,} lines", "none")
+    cmp.add(f"retry file of the requests worth sending again ({expected['truncated']:,} "
+            f"truncated; the {expected['error']:,} 400s are given up: the same request would "
+            "be refused again)", f"{retry_lines:,} lines; {gave_up or 0:,} given up, with why",
+            "none")
     if "resume" in side:
         r = side["resume"]
         cmp.add("batches after being killed once the batch exists, then re-run "
@@ -305,9 +309,9 @@ def main() -> int:
     if ours_check["error"] != expected["error"] or \
             ours_check["truncated"] != expected["truncated"]:
         problems.append(f"dwbatch flagged {ours_check} instead of {expected}")
-    if retry_lines != expected["error"] + expected["truncated"]:
-        problems.append(f"retry file has {retry_lines} lines, expected "
-                        f"{expected['error'] + expected['truncated']}")
+    if retry_lines != expected["truncated"] or gave_up != expected["error"]:
+        problems.append(f"retry file has {retry_lines} lines and {gave_up} were given up, "
+                        f"expected {expected['truncated']} and {expected['error']}")
     if sdk_check["records"] != n or sdk_check["wrong"]:
         problems.append(f"the SDK baseline did not do the job: {sdk_check}")
     if "resume" in side and side["resume"]["ours"] != 1:
