@@ -148,6 +148,34 @@ def dw_setup(sandbox: common.Sandbox, home: str) -> tuple[list[str] | None, dict
     return [DW, "--server", sandbox.root_url, "--output", "json"], env, probe.stdout.strip()
 
 
+
+LABELS = {"curl": "curl (baseline)", "dw": "dw (Doubleword CLI)", "sdk": "openai SDK",
+          "ours": "dwbatch"}
+
+
+def side_by_side(report: common.Report, name: str, runs: dict, verdict, dw_note: str,
+                 title: str, last_column: str, commands: dict) -> common.Table:
+    """The table of one task done by each tool: times and memory against curl's, and
+    verdict(key, measurement) in the last column (a tool that did not run says why)."""
+    base = common.combined(runs["curl"])
+    table = report.table(title, ["tool", "command", "wall s", "peak MB", "wall x curl",
+                                 "mem x curl", last_column],
+                         ["", "", ".2f", ".1f", "{:.2f}x", "{:.2f}x", ""])
+    for key in ("curl", "dw", "sdk", "ours"):
+        if key not in runs:
+            table.add(LABELS[key], commands[key], None, None, None, None,
+                      f"not run: {dw_note}")
+            continue
+        m = common.combined(runs[key])
+        table.add(LABELS[key], commands[key], m.wall, m.peak_mb, m.wall / base.wall,
+                  m.peak_mb / base.peak_mb, verdict(key, m))
+    table.notes.append("wall times: " + "; ".join(
+        f"{k} " + ", ".join(f"{m.wall:.2f}" for m in v) for k, v in runs.items()))
+    report.data[name] = {k: [common.combined(v).wall, common.combined(v).peak_mb]
+                         for k, v in runs.items()}
+    return table
+
+
 # --- uploads -------------------------------------------------------------------------------
 
 def upload_round(sandbox: common.Sandbox, batch_file: str, tmp: str, n: int, repeat: int,
@@ -204,37 +232,26 @@ def upload_round(sandbox: common.Sandbox, batch_file: str, tmp: str, n: int, rep
     if dw:
         contenders["dw"] = dw_upload
     runs = common.alternate(contenders, repeat, before=common.settle)
-    base = common.combined(runs["curl"])
-    table = report.table(
-        f"Upload of one batch file ({n:,} requests, {os.path.getsize(batch_file) / 1e6:.1f} MB"
-        f"), same sandbox, one process at a time (median of {repeat} runs, taking turns)",
-        ["tool", "command", "wall s", "peak MB", "wall x curl", "mem x curl",
-         "server's copy byte-identical"], ["", "", ".2f", ".1f", "{:.2f}x", "{:.2f}x", ""])
-    names = {"curl": ("curl (baseline)", "curl -F purpose=batch -F file=@FILE"),
-             "dw": ("dw (Doubleword CLI)", "dw files upload FILE"),
-             "sdk": ("openai SDK", 'files.create(file=..., purpose="batch")'),
-             "ours": ("dwbatch", "submit.py FILE (validates, uploads, creates the batch)")}
-    for key in ("curl", "dw", "sdk", "ours"):
-        label, command = names[key]
-        if key not in runs:
-            table.add(label, command, None, None, None, None, f"not run: {dw_note}")
-            continue
-        m = common.combined(runs[key])
+    def verdict(key: str, m: common.Measurement) -> str:
         ok = "yes" if all(c == "yes" for c in checks[key]) else \
             next(c for c in checks[key] if c != "yes")
-        table.add(label, command, m.wall, m.peak_mb, m.wall / base.wall,
-                  m.peak_mb / base.peak_mb, ok)
         if ok != "yes" or m.exit_code != 0:
-            report.problems.append(f"upload with {label}: exit {m.exit_code}, {ok}")
-    table.notes.append("wall times: " + "; ".join(
-        f"{k} " + ", ".join(f"{m.wall:.2f}" for m in v) for k, v in runs.items()))
+            report.problems.append(f"upload with {LABELS[key]}: exit {m.exit_code}, {ok}")
+        return ok
+
+    table = side_by_side(
+        report, "upload", runs, verdict, dw_note,
+        f"Upload of one batch file ({n:,} requests, {os.path.getsize(batch_file) / 1e6:.1f} MB"
+        f"), same sandbox, one process at a time (median of {repeat} runs, taking turns)",
+        "server's copy byte-identical",
+        {"curl": "curl -F purpose=batch -F file=@FILE", "dw": "dw files upload FILE",
+         "sdk": 'files.create(file=..., purpose="batch")',
+         "ours": "submit.py FILE (validates, uploads, creates the batch)"})
     if dw:
         table.notes.append(f"dw: {dw_note}")
     table.notes.append("submit.py also validates every line and hashes the file before it "
                        "uploads, and creates the batch after (one more call); the others only "
                        "upload.")
-    report.data["upload"] = {k: [common.combined(v).wall, common.combined(v).peak_mb]
-                             for k, v in runs.items()}
 
 
 # --- downloads -----------------------------------------------------------------------------
@@ -306,30 +323,22 @@ def download_round(sandbox: common.Sandbox, batch_file: str, tmp: str, n: int, r
         contenders["dw"] = dw_results
     runs = common.alternate(contenders, repeat)
     common.remove(out)
-    base = common.combined(runs["curl"])
-    table = report.table(
-        f"Results of one completed batch ({n:,} requests), same sandbox, one process at a "
-        f"time (median of {repeat} runs, taking turns)",
-        ["tool", "command", "wall s", "peak MB", "wall x curl", "mem x curl",
-         "one correct record per request"], ["", "", ".2f", ".1f", "{:.2f}x", "{:.2f}x", ""])
-    names = {"curl": ("curl (baseline)", "curl -o OUT .../files/OUTPUT/content "
-                                         "-o ERR .../files/ERROR/content"),
-             "dw": ("dw (Doubleword CLI)", "dw batches results ID -o FILE"),
-             "sdk": ("openai SDK", "sdk_workflow.py --fetch ID (files.content x2, dict join)"),
-             "ours": ("dwbatch", "fetch_results.py JOB (download + join)")}
-    for key in ("curl", "dw", "sdk", "ours"):
-        label, command = names[key]
-        if key not in runs:
-            table.add(label, command, None, None, None, None, f"not run: {dw_note}")
-            continue
-        m = common.combined(runs[key])
-        verdict = verdicts[key][-1]
-        table.add(label, command, m.wall, m.peak_mb, m.wall / base.wall,
-                  m.peak_mb / base.peak_mb, verdict)
+    def verdict(key: str, m: common.Measurement) -> str:
+        said = verdicts[key][-1]
         if m.exit_code not in (0, 4):
-            report.problems.append(f"{label}: exit {m.exit_code}: {m.stdout[:300]!r}")
-        if key == "ours" and verdict != "yes":
-            report.problems.append(f"fetch_results.py: {verdict}")
+            report.problems.append(f"{LABELS[key]}: exit {m.exit_code}: {m.stdout[:300]!r}")
+        if key == "ours" and said != "yes":
+            report.problems.append(f"fetch_results.py: {said}")
+        return said
+
+    table = side_by_side(
+        report, "download", runs, verdict, dw_note,
+        f"Results of one completed batch ({n:,} requests), same sandbox, one process at a "
+        f"time (median of {repeat} runs, taking turns)", "one correct record per request",
+        {"curl": "curl -o OUT .../files/OUTPUT/content -o ERR .../files/ERROR/content",
+         "dw": "dw batches results ID -o FILE",
+         "sdk": "sdk_workflow.py --fetch ID (files.content x2, dict join)",
+         "ours": "fetch_results.py JOB (download + join)"})
     expected = common.mixed_expected(n)
     table.notes.append(
         f"expected: {n:,} records, {expected['error']:,} failed requests (error), "
@@ -337,10 +346,6 @@ def download_round(sandbox: common.Sandbox, batch_file: str, tmp: str, n: int, r
         "A raw server line shows a cut answer only as finish_reason inside its body; "
         "dw batches results writes the output file only (failures are in the error file, "
         "a second `dw files content ERROR_FILE_ID`).")
-    table.notes.append("wall times: " + "; ".join(
-        f"{k} " + ", ".join(f"{m.wall:.2f}" for m in v) for k, v in runs.items()))
-    report.data["download"] = {k: [common.combined(v).wall, common.combined(v).peak_mb]
-                               for k, v in runs.items()}
 
 
 def main() -> int:
