@@ -541,9 +541,10 @@ class Index(_ResultLines):
         self.db = _connect(self.path, JOIN_INPUTS_CACHE_KIB, locking="NORMAL")
         self._attach(locking="NORMAL")
 
-    def rows(self) -> Iterator[list[tuple] | tuple[tuple]]:
+    def rows(self) -> Iterator[list[tuple]]:
         """Per request, in order: its candidate rows
         (group, custom_id, src, in_off, in_len, ep, flags, fno|None, off, len, line seq).
+        (When one_row_each, the join reads one_row_each_rows instead.)
 
         Once every group has been read, duplicate_inputs and unmatched_results are final.
         """
@@ -551,13 +552,6 @@ class Index(_ResultLines):
             yield from self._grouped_rows()
             return
         matched = 0
-        if not self.repeated_results:  # every request is a group of one row
-            for row in self.db.execute(_ROWS_UNIQUE):
-                if row[7] is not None:
-                    matched += 1
-                yield (row,)
-            self.unmatched_results += self.result_rows - matched
-            return
         seq, group = None, None
         for row in self.db.execute(_ROWS_UNIQUE):
             if row[7] is not None:
